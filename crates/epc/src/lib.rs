@@ -1,0 +1,40 @@
+//! The endpoint controller (EPC) layer.
+//!
+//! This crate owns the vocabulary shared between a PCIe *endpoint function* (for us: a
+//! virtio-pci device) and the *endpoint controller* that connects it to a PCIe host. It is
+//! modelled on Linux's `struct pci_epc_ops`: a function describes its configuration header,
+//! capabilities, BARs and interrupts ([`FunctionSpec`]), hands it to a controller
+//! ([`EndpointController::start`]), and from then on
+//!
+//! * reaches host memory through [`HostMemory`] (outbound windows or a DMA engine behind it),
+//! * raises MSI-X / MSI / INTx through [`EndpointController::raise_irq`],
+//! * learns about host register accesses either synchronously ([`FunctionHandler`] callbacks
+//!   for *trapped* BAR areas and doorbells) or by polling shared BAR memory ([`BarMemory`]).
+//!
+//! A controller states what it can do in [`EpcFeatures`]; the function adapts (for instance,
+//! a controller that cannot add vendor capabilities forces the legacy virtio layout).
+//!
+//! Implementations live in other crates: `epf-loopback` (an in-process host model used by the
+//! unit tests) and `epf-vfio-user` (a real Linux host in QEMU over the vfio-user protocol).
+
+mod bar;
+mod config_space;
+mod controller;
+mod error;
+mod header;
+mod host_memory;
+mod irq;
+mod shared_mem;
+
+pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, PAGE_SIZE};
+pub use config_space::{
+    Capability, ConfigSpace, CONFIG_SPACE_SIZE, PCI_CAP_ID_MSIX, PCI_CAP_ID_VNDR,
+};
+pub use controller::{
+    EndpointController, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess, MsixSpec,
+};
+pub use error::{EpcError, HostMemError};
+pub use header::PciHeader;
+pub use host_memory::{region_offset, HostMemory};
+pub use irq::{Irq, IrqSupport};
+pub use shared_mem::SharedMemory;

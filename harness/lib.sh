@@ -1,0 +1,61 @@
+# shellcheck shell=bash
+# Shared definitions for harness/setup.sh and harness/run-guest.sh.
+# Sourced, never executed. Everything here must stay cheap: run-guest.sh
+# sources it on every run.
+
+# Where everything big lives. Deliberately outside the repository so that
+# `git clean`, worktrees and other engineers' builds never see ~1 GiB of
+# chroot, and so every checkout of the repo shares one cache.
+CACHE="${VIRTIO_EPF_CACHE:-/var/cache/virtio-epf}"
+CHROOT="$CACHE/chroot"            # trixie rootfs: QEMU for the host + guest root fs
+KERNEL_DIR="$CACHE/kernel"        # dpkg-deb -x of linux-image-6.12.*-amd64 (+ depmod)
+INITRAMFS="$CACHE/initramfs.cpio.gz"
+STAMP="$CACHE/stamp"              # written last by setup.sh; see setup_key()
+LOCK="$CACHE/.lock"               # flock: setup.sh exclusive, run-guest.sh shared
+
+# Directory inside the chroot under which run-guest.sh / setup.sh mount
+# things. It is always covered by a tmpfs inside a private mount namespace,
+# so nothing mounted or created beneath it survives the namespace.
+NS_DIR=/srv/virtio-epf
+
+HARNESS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+# Bump when the way the cache is built changes in a way that needs a rebuild
+# (e.g. different chroot layout). Changes to the package lists or to
+# guest-init.sh are detected automatically via setup_key().
+SETUP_VERSION=1
+
+# Packages installed in the chroot.
+# QEMU (>= 10.1 for vfio-user-pci) comes from trixie-backports.
+QEMU_PACKAGES=(qemu-system-x86)
+# Tools the guest uses; the guest mounts the chroot itself as its root fs.
+GUEST_PACKAGES=(
+	kmod cpio busybox-static pciutils fio iperf3 e2fsprogs ethtool iproute2
+	iputils-ping coreutils util-linux procps xz-utils
+)
+# Kernel modules (and, via modules.dep, their dependencies) that the
+# initramfs needs before it can mount the 9p root and overlay it.
+INITRAMFS_MODULES=(9pnet_virtio 9p overlay)
+QEMU_MIN_VERSION=10.1
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-harness}" "$*" >&2; }
+die() {
+	printf '[%s] ERROR: %s\n' "${LOG_TAG:-harness}" "$*" >&2
+	exit 1
+}
+
+# Identifies a complete cache. If any input changes, setup.sh rebuilds.
+# Only hashes small files, so it costs milliseconds.
+setup_key() {
+	{
+		echo "setup-version=$SETUP_VERSION"
+		echo "qemu=${QEMU_PACKAGES[*]}"
+		echo "guest=${GUEST_PACKAGES[*]}"
+		echo "initramfs-modules=${INITRAMFS_MODULES[*]}"
+		echo "guest-init=$(sha256sum <"$HARNESS_DIR/guest-init.sh" | cut -d' ' -f1)"
+	} | sha256sum | cut -d' ' -f1
+}
+
+cache_is_complete() {
+	[[ -f "$STAMP" ]] && [[ "$(head -n1 "$STAMP")" == "$(setup_key)" ]]
+}
