@@ -1,1 +1,84 @@
-//! placeholder
+//! The virtio device trait: what an endpoint developer writes to add a device.
+//!
+//! A device knows nothing of PCI, endpoints or vfio-user. It declares its type, features,
+//! queues and configuration space, and reacts to three things: activation (the driver set
+//! DRIVER_OK), a queue notification, and a wake-up requested by one of its own backend threads.
+//! All three run on the function's worker thread with a [`DeviceContext`] that lends it the
+//! activated queues. Handlers must not block: a device that cannot make progress (back-end
+//! full, no host buffers) returns and waits for the next notification or wake-up.
+//!
+//! Returning an error means the device cannot go on with this driver: the transport sets
+//! DEVICE_NEEDS_RESET and raises a configuration-change interrupt, as the virtio spec asks.
+
+mod config;
+mod context;
+mod waker;
+
+pub use config::DeviceConfig;
+pub use context::DeviceContext;
+pub use epf_virtqueue::{ChainReader, ChainWriter, DescriptorChain, Queue, QueueError};
+pub use waker::Waker;
+
+use thiserror::Error;
+
+/// Why a device gave up on its current driver.
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// The driver broke a virtqueue (malformed ring or descriptors).
+    #[error("virtqueue {queue}: {error}")]
+    Queue { queue: usize, error: QueueError },
+    /// The driver broke the device protocol (e.g. a malformed request the spec says to fail on).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The device's backend failed irrecoverably.
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl DeviceError {
+    /// Adapter for `map_err`: a [`QueueError`] on queue `queue`.
+    pub fn queue(queue: usize) -> impl FnOnce(QueueError) -> DeviceError {
+        move |error| DeviceError::Queue { queue, error }
+    }
+}
+
+/// A virtio device served by an endpoint function.
+pub trait VirtioDevice: Send + 'static {
+    /// Virtio device ID (1 net, 2 block, 3 console, 4 entropy, ...).
+    fn device_type(&self) -> u32;
+
+    /// Device-specific feature bits offered (the transport adds VERSION_1, INDIRECT_DESC,
+    /// EVENT_IDX and other ring features itself).
+    fn device_features(&self) -> u64;
+
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> Vec<u16>;
+
+    /// Initial contents of the device-specific configuration space.
+    fn initial_config(&self) -> Vec<u8>;
+
+    /// The driver set DRIVER_OK: `ctx.features()` holds the negotiated features and
+    /// `ctx.queue(i)` the queues it enabled.
+    fn activate(&mut self, ctx: &mut DeviceContext<'_>) -> Result<(), DeviceError>;
+
+    /// The driver notified queue `queue`.
+    fn queue_notify(
+        &mut self,
+        queue: usize,
+        ctx: &mut DeviceContext<'_>,
+    ) -> Result<(), DeviceError>;
+
+    /// A backend thread called [`Waker::wake`]. Only called while active.
+    fn wake(&mut self, _ctx: &mut DeviceContext<'_>) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// The driver reset the device: forget everything tied to the driver (its queues are
+    /// already gone). The device must be ready for a new negotiation when this returns.
+    fn reset(&mut self);
+
+    /// A one-line summary of device-specific counters, for operators (optional).
+    fn stats(&self) -> String {
+        String::new()
+    }
+}

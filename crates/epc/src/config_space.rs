@@ -2,7 +2,7 @@
 //! a capability list, which bytes the host may write, and which ranges are trapped to the
 //! function (e.g. the data window of virtio's PCI configuration access capability).
 
-use crate::{BarSpec, EpcError, MsixSpec, PciHeader, BAR_COUNT};
+use crate::{BarSpec, EpcError, FunctionSpec, MsixSpec, PciHeader, BAR_COUNT};
 use std::ops::Range;
 
 /// Size of a PCIe function's configuration space.
@@ -87,6 +87,20 @@ impl ConfigSpace {
             i += 1;
         }
         cs
+    }
+
+    /// Builds the configuration space every controller presents for `spec`: the header, then
+    /// `spec.capabilities` in order from offset 0x40 (see [`capability_offsets`]), then the
+    /// MSI-X capability if `spec.msix` is set.
+    pub fn from_spec(spec: &FunctionSpec) -> Result<Self, EpcError> {
+        let mut cs = ConfigSpace::new(&spec.header, &spec.bars);
+        for cap in &spec.capabilities {
+            cs.add_capability(cap)?;
+        }
+        if let Some(msix) = &spec.msix {
+            cs.add_msix(msix)?;
+        }
+        Ok(cs)
     }
 
     fn put16(&mut self, off: usize, v: u16) {
@@ -182,4 +196,17 @@ impl ConfigSpace {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+}
+
+/// The offsets at which [`ConfigSpace::from_spec`] places `caps`, so a function can locate its
+/// own capabilities (e.g. to decode trapped accesses) without asking the controller.
+pub fn capability_offsets(caps: &[Capability]) -> Vec<usize> {
+    let mut off = FIRST_CAP;
+    caps.iter()
+        .map(|c| {
+            let at = off;
+            off += (2 + c.body.len() + 3) & !3;
+            at
+        })
+        .collect()
 }

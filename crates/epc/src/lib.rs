@@ -28,7 +28,8 @@ mod shared_mem;
 
 pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, PAGE_SIZE};
 pub use config_space::{
-    Capability, ConfigSpace, CONFIG_SPACE_SIZE, PCI_CAP_ID_MSIX, PCI_CAP_ID_VNDR,
+    capability_offsets, Capability, ConfigSpace, CONFIG_SPACE_SIZE, PCI_CAP_ID_MSIX,
+    PCI_CAP_ID_VNDR,
 };
 pub use controller::{
     EndpointController, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess, MsixSpec,
