@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # variables are used by the sourcing scripts
 # Shared definitions for harness/setup.sh and harness/run-guest.sh.
 # Sourced, never executed. Everything here must stay cheap: run-guest.sh
 # sources it on every run.
@@ -57,5 +57,6 @@ setup_key() {
 }
 
 cache_is_complete() {
-	[[ -f "$STAMP" ]] && [[ "$(head -n1 "$STAMP")" == "$(setup_key)" ]]
+	[[ -f "$STAMP" && -x "$CHROOT/usr/bin/qemu-system-x86_64" && -f "$KERNEL_DIR/vmlinuz" &&
+		-f "$INITRAMFS" ]] && [[ "$(head -n1 "$STAMP")" == "$(setup_key)" ]]
 }
