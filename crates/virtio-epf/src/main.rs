@@ -1,1 +1,142 @@
-fn main() {}
+//! `virtio-epf`: serve one virtio device as a PCIe endpoint function over a vfio-user socket.
+//!
+//! The process builds the device named by the subcommand, wraps it in a modern virtio-pci
+//! function on a vfio-user endpoint controller, and serves hosts (QEMU `vfio-user-pci`
+//! clients) one after the other until SIGINT/SIGTERM, which remove the socket and exit 0.
+
+mod cli;
+
+use clap::Parser;
+use cli::{Cli, ConsoleBackendArg, DeviceCmd};
+use epf_device::VirtioDevice;
+use epf_devices::console::{Backend, DEFAULT_PIPE_BYTES};
+use epf_devices::{ConsoleDevice, RngDevice};
+use epf_virtio_pci::VirtioPciFunction;
+use epf_vfio_user::VfioUserController;
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::iterator::Signals;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
+    Ok(match cmd {
+        DeviceCmd::Rng { queue_size, .. } => Box::new(RngDevice::new(*queue_size)),
+        DeviceCmd::Console { backend, .. } => {
+            let b = match backend {
+                ConsoleBackendArg::Stdio => Backend::stdio(),
+                ConsoleBackendArg::Unix(p) => Backend::unix_listener(p)
+                    .map_err(|e| format!("cannot listen on console socket {}: {e}", p.display()))?,
+            };
+            Box::new(
+                ConsoleDevice::new(b, DEFAULT_PIPE_BYTES)
+                    .map_err(|e| format!("cannot start console backend: {e}"))?,
+            )
+        }
+    })
+}
+
+/// Operator view: the function's counters plus the link's.
+fn stats_text(f: &VirtioPciFunction, c: &VfioUserController) -> String {
+    let s = c.stats();
+    format!(
+        "{}link: clients={} trapped_reads={} trapped_writes={} doorbells={} dma_maps={} dma_unmaps={} irqs={} protocol_errors={}\n",
+        f.stats().summary(),
+        s.clients,
+        s.trapped_reads,
+        s.trapped_writes,
+        s.doorbells,
+        s.dma_maps,
+        s.dma_unmaps,
+        s.irqs_raised,
+        s.protocol_errors
+    )
+}
+
+fn write_stats_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)) {
+        log::warn!("cannot write stats file {}: {e}", path.display());
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let common = cli.device.common();
+    let socket = common.vfio_user.clone();
+    // Check the socket location before starting anything else, for a clear error.
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(format!(
+                "socket directory {} does not exist",
+                dir.display()
+            ));
+        }
+    }
+    let controller = VfioUserController::new(&socket).map_err(|e| e.to_string())?;
+    let device = build_device(&cli.device)?;
+    let function = VirtioPciFunction::start(controller.clone(), device).map_err(|e| {
+        controller.shutdown();
+        e.to_string()
+    })?;
+    let server = controller
+        .spawn()
+        .map_err(|e| format!("cannot start the vfio-user server thread: {e}"))?;
+    log::info!(
+        "serving virtio device type {} on {}",
+        function.device_type(),
+        socket.display()
+    );
+
+    let done = Arc::new(AtomicBool::new(false));
+    if let Some(path) = common.stats_file.clone() {
+        let (f, c, done) = (function.clone(), controller.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("stats".into())
+            .spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    write_stats_file(&path, &stats_text(&f, &c));
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                write_stats_file(&path, &stats_text(&f, &c));
+            })
+            .map_err(|e| format!("cannot start the stats thread: {e}"))?;
+    }
+
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    for sig in signals.forever() {
+        match sig {
+            SIGUSR1 => eprint!("{}", stats_text(&function, &controller)),
+            _ => {
+                log::info!("signal {sig}: shutting down");
+                break;
+            }
+        }
+    }
+    done.store(true, Ordering::Release);
+    controller.shutdown();
+    match server.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!("vfio-user server: {e}"),
+        Err(_) => log::error!("vfio-user server thread panicked"),
+    }
+    function.stop();
+    if let Some(path) = &common.stats_file {
+        write_stats_file(path, &stats_text(&function, &controller));
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("virtio-epf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -92,7 +92,7 @@ impl VirtioPciFunction {
         }
         let device_type = device.device_type();
         let config = DeviceConfig::new(device.initial_config());
-        let layout = ModernLayout::new(sizes.len() as u16, config.len(), &features);
+        let layout = ModernLayout::new(sizes.len() as u16, &features);
         let spec = layout.function_spec(device_type);
         let pci_cfg_offset = *capability_offsets(&spec.capabilities)
             .last()
@@ -198,10 +198,12 @@ impl FunctionHandler for VirtioPciFunction {
             Some((Region::Device, off)) => self.shared.config.read(off, data),
             _ => {}
         }
+        log::trace!("bar{bar} read {offset:#x} -> {data:02x?}");
     }
 
     fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) {
         self.shared.stats.bar_writes.fetch_add(1, Ordering::Relaxed);
+        log::trace!("bar{bar} write {offset:#x} <- {data:02x?}");
         if bar != REGS_BAR {
             return;
         }

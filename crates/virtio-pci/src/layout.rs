@@ -53,7 +53,6 @@ pub enum Region {
 #[derive(Debug, Clone)]
 pub struct ModernLayout {
     pub num_queues: u16,
-    pub device_cfg_len: u32,
     pub msix_vectors: u16,
     /// Whether notifications arrive as doorbells (posted writes) rather than trapped writes.
     pub notify_doorbell: bool,
@@ -64,14 +63,12 @@ fn round_up(v: u64, to: u64) -> u64 {
 }
 
 impl ModernLayout {
-    /// Picks a layout for a device with `num_queues` queues and `device_cfg_len` bytes of
-    /// configuration on a controller with `epc` features: one MSI-X vector per queue plus one
+    /// Picks a layout for a device with `num_queues` queues on a controller with `epc` features: one MSI-X vector per queue plus one
     /// for configuration changes, as many as the controller allows.
-    pub fn new(num_queues: u16, device_cfg_len: usize, epc: &EpcFeatures) -> Self {
+    pub fn new(num_queues: u16, epc: &EpcFeatures) -> Self {
         let wanted = num_queues.saturating_add(1);
         ModernLayout {
             num_queues,
-            device_cfg_len: device_cfg_len.min(PAGE as usize) as u32,
             msix_vectors: wanted.min(epc.irq.msix_vectors),
             notify_doorbell: epc.doorbells,
         }
@@ -175,12 +172,9 @@ impl ModernLayout {
                 ISR_OFFSET as u32,
                 ISR_LEN as u32,
             ),
-            region_cap(
-                VIRTIO_PCI_CAP_DEVICE_CFG,
-                REGS_BAR,
-                DEVICE_OFFSET as u32,
-                self.device_cfg_len,
-            ),
+            // The whole page, as QEMU does: Linux refuses a device capability of length 0
+            // ("bad capability len 0"), which a device without configuration would have.
+            region_cap(VIRTIO_PCI_CAP_DEVICE_CFG, REGS_BAR, DEVICE_OFFSET as u32, PAGE as u32),
             pci_cfg_cap(),
         ];
         let mut bars: [Option<BarSpec>; 6] = Default::default();
@@ -256,7 +250,7 @@ mod tests {
 
     #[test]
     fn spec_is_valid_and_regions_decode() {
-        let l = ModernLayout::new(3, 8, &epc());
+        let l = ModernLayout::new(3, &epc());
         assert_eq!(l.msix_vectors, 4);
         let spec = l.function_spec(4);
         assert_eq!(spec.header.device_id, 0x1044);
@@ -274,9 +268,9 @@ mod tests {
     fn vectors_are_capped_by_the_controller() {
         let mut f = epc();
         f.irq.msix_vectors = 2;
-        assert_eq!(ModernLayout::new(9, 0, &f).msix_vectors, 2);
+        assert_eq!(ModernLayout::new(9, &f).msix_vectors, 2);
         f.irq.msix_vectors = 0;
-        let l = ModernLayout::new(9, 0, &f);
+        let l = ModernLayout::new(9, &f);
         assert!(l.function_spec(3).msix.is_none());
     }
 }

@@ -296,6 +296,9 @@ impl Worker {
             Event::Wake => self.device.wake(&mut ctx),
         };
         if r.is_ok() {
+            r = self.rearm();
+        }
+        if r.is_ok() {
             r = self.signal_used();
         }
         if self.shared.config.take_changed() && self.shared.interrupt.signal_config() {
@@ -308,6 +311,36 @@ impl Worker {
             let epoch = self.active.as_ref().map_or(u64::MAX, |a| a.epoch);
             self.needs_reset(epoch, &e);
         }
+    }
+
+    /// Re-enables driver notifications on every queue (with EVENT_IDX: publishes
+    /// `avail_event`, without which a Linux driver stops notifying after the first buffer)
+    /// and gives the device one more pass over queues that received buffers meanwhile. A
+    /// device that deliberately leaves buffers in a ring (back-pressure) is not called in a
+    /// loop: one extra pass, then it waits for a notification or a wake-up.
+    fn rearm(&mut self) -> Result<(), DeviceError> {
+        let Some(a) = self.active.as_mut() else {
+            return Ok(());
+        };
+        for i in 0..a.queues.len() {
+            let Some(q) = a.queues[i].as_mut() else {
+                continue;
+            };
+            if q.enable_notification().map_err(DeviceError::queue(i))? {
+                let mut ctx = DeviceContext::new(
+                    a.features,
+                    &mut a.queues,
+                    &self.shared.config,
+                    &self.waker,
+                    &a.memory,
+                );
+                self.device.queue_notify(i, &mut ctx)?;
+                if let Some(q) = a.queues[i].as_mut() {
+                    q.enable_notification().map_err(DeviceError::queue(i))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Raises one interrupt per queue that has used buffers the driver wants to hear about,

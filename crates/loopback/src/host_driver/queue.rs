@@ -1,0 +1,580 @@
+//! [`HostQueue`]: the driver side of a split virtqueue in host RAM, following virtio 1.2
+//! section 2.7 and Linux's `virtio_ring.c` (split ring): a shadow free list (never trusting
+//! device-writable memory for it), descriptors published before the available index with a
+//! write barrier, `virtqueue_kick_prepare` semantics for notification suppression
+//! (`avail_event` with VIRTIO_F_EVENT_IDX, `VIRTQ_USED_F_NO_NOTIFY` without), used-ring
+//! validation like `BAD_RING`, and `used_event` updates.
+//!
+//! Raw helpers (`write_raw_desc`, `push_avail_raw`, ...) write arbitrary, possibly malformed
+//! ring contents for adversarial device tests; they bypass the bookkeeping, so a queue used
+//! that way should be consumed with [`HostQueue::get_used_raw`].
+
+use super::error::{DriverError, Result};
+use super::spec::*;
+use crate::HostBus;
+use std::sync::atomic::{fence, Ordering};
+use std::time::{Duration, Instant};
+
+/// Descriptors per pre-allocated indirect table (one table per head); longer indirect
+/// chains get their own allocation.
+pub const INDIRECT_SLOT_DESCS: usize = 16;
+
+/// One buffer of a chain: (bus address, length, device-writable).
+pub type Buf = (u64, u32, bool);
+
+/// What [`VirtioPciDriver::prepare_queue`](super::VirtioPciDriver::prepare_queue) hands over.
+pub(crate) struct QueueParams {
+    pub bus: HostBus,
+    pub index: u16,
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    pub notify_bar: u8,
+    pub notify_offset: u64,
+    pub msix_vector: Option<u16>,
+    pub event_idx: bool,
+    pub indirect: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    /// Descriptors of the ring's table the chain occupies.
+    ndesc: u16,
+}
+
+/// The driver side of one split virtqueue.
+#[derive(Debug)]
+pub struct HostQueue {
+    bus: HostBus,
+    index: u16,
+    size: u16,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    notify_bar: u8,
+    notify_offset: u64,
+    msix_vector: Option<u16>,
+    event_idx: bool,
+    indirect: bool,
+    timeout: Duration,
+    /// Shadow of each descriptor's `next` (the free list and chain links).
+    next: Vec<u16>,
+    chains: Vec<Option<Chain>>,
+    free_head: u16,
+    num_free: u16,
+    avail_idx_shadow: u16,
+    avail_flags_shadow: u16,
+    last_used_idx: u16,
+    num_added: u16,
+    indirect_pool: Option<u64>,
+    broken: bool,
+}
+
+impl HostQueue {
+    pub(crate) fn new(p: QueueParams) -> Result<Self> {
+        let n = p.size as usize;
+        let q = HostQueue {
+            bus: p.bus,
+            index: p.index,
+            size: p.size,
+            desc: p.desc,
+            avail: p.avail,
+            used: p.used,
+            notify_bar: p.notify_bar,
+            notify_offset: p.notify_offset,
+            msix_vector: p.msix_vector,
+            event_idx: p.event_idx,
+            indirect: p.indirect,
+            timeout: p.timeout,
+            next: (1..=n).map(|i| (i % n) as u16).collect(),
+            chains: vec![None; n],
+            free_head: 0,
+            num_free: p.size,
+            avail_idx_shadow: 0,
+            avail_flags_shadow: 0,
+            last_used_idx: 0,
+            num_added: 0,
+            indirect_pool: None,
+            broken: false,
+        };
+        // Rings come zeroed from the allocator; make the initial state explicit anyway.
+        q.bus.ram_write_u16(q.avail + AVAIL_FLAGS, 0)?;
+        q.bus.ram_write_u16(q.avail + AVAIL_IDX, 0)?;
+        q.bus.ram_write_u16(q.used_event_addr(), 0)?;
+        Ok(q)
+    }
+
+    // ---- Layout and state accessors -----------------------------------------------------
+
+    /// Queue index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// Queue size (descriptors).
+    pub fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// Bus address of the descriptor table.
+    pub fn desc_addr(&self) -> u64 {
+        self.desc
+    }
+
+    /// Bus address of the available (driver) ring.
+    pub fn avail_addr(&self) -> u64 {
+        self.avail
+    }
+
+    /// Bus address of the used (device) ring.
+    pub fn used_addr(&self) -> u64 {
+        self.used
+    }
+
+    /// Where [`notify`](Self::notify) writes: (BAR, offset).
+    pub fn notify_location(&self) -> (u8, u64) {
+        (self.notify_bar, self.notify_offset)
+    }
+
+    /// The MSI-X vector assigned at setup, if any.
+    pub fn msix_vector(&self) -> Option<u16> {
+        self.msix_vector
+    }
+
+    /// Whether VIRTIO_F_EVENT_IDX was negotiated.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// Free descriptors.
+    pub fn num_free(&self) -> u16 {
+        self.num_free
+    }
+
+    /// The driver's copy of the available index.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx_shadow
+    }
+
+    /// Used entries consumed so far (mod 2^16).
+    pub fn last_used_idx(&self) -> u16 {
+        self.last_used_idx
+    }
+
+    /// Whether a bad used ring was detected.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// The bound on [`wait_used`](Self::wait_used).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    fn desc_entry(&self, i: u16) -> u64 {
+        self.desc + DESC_SIZE * u64::from(i)
+    }
+
+    fn avail_slot(&self, slot: u16) -> u64 {
+        self.avail + AVAIL_RING + 2 * u64::from(slot % self.size)
+    }
+
+    fn used_event_addr(&self) -> u64 {
+        self.avail + AVAIL_RING + 2 * u64::from(self.size)
+    }
+
+    fn avail_event_addr(&self) -> u64 {
+        self.used + USED_RING + USED_ELEM_SIZE * u64::from(self.size)
+    }
+
+    fn used_elem(&self, slot: u16) -> u64 {
+        self.used + USED_RING + USED_ELEM_SIZE * u64::from(slot % self.size)
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.broken {
+            Err(DriverError::Broken)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- Adding buffers -----------------------------------------------------------------
+
+    fn write_desc(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
+        let mut d = [0u8; DESC_SIZE as usize];
+        d[0..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        self.bus.ram_write(at, &d)?;
+        Ok(())
+    }
+
+    /// Adds a chain of direct descriptors; returns its head. Does not notify.
+    pub fn add(&mut self, bufs: &[Buf]) -> Result<u16> {
+        self.check_usable()?;
+        if bufs.is_empty() {
+            return Err(DriverError::EmptyChain);
+        }
+        if bufs.len() > self.num_free as usize {
+            return Err(DriverError::QueueFull {
+                needed: bufs.len(),
+                free: self.num_free,
+            });
+        }
+        let head = self.free_head;
+        let mut i = head;
+        for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let mut flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+            if k + 1 < bufs.len() {
+                flags |= VIRTQ_DESC_F_NEXT;
+            }
+            self.write_desc(self.desc_entry(i), addr, len, flags, self.next[i as usize])?;
+            i = self.next[i as usize];
+        }
+        self.free_head = i;
+        self.num_free -= bufs.len() as u16;
+        self.chains[head as usize] = Some(Chain {
+            ndesc: bufs.len() as u16,
+        });
+        self.publish(head)?;
+        Ok(head)
+    }
+
+    /// Adds a chain as one INDIRECT descriptor pointing at a table in host RAM; returns its
+    /// head. Needs VIRTIO_F_INDIRECT_DESC.
+    pub fn add_indirect(&mut self, bufs: &[Buf]) -> Result<u16> {
+        self.check_usable()?;
+        if !self.indirect {
+            return Err(DriverError::FeatureNotNegotiated("VIRTIO_F_INDIRECT_DESC"));
+        }
+        if bufs.is_empty() {
+            return Err(DriverError::EmptyChain);
+        }
+        if self.num_free == 0 {
+            return Err(DriverError::QueueFull { needed: 1, free: 0 });
+        }
+        let head = self.free_head;
+        let slot_bytes = INDIRECT_SLOT_DESCS as u64 * DESC_SIZE;
+        let table = if bufs.len() <= INDIRECT_SLOT_DESCS {
+            let pool = match self.indirect_pool {
+                Some(p) => p,
+                None => {
+                    let p = self.bus.alloc(u64::from(self.size) * slot_bytes, 16)?;
+                    self.indirect_pool = Some(p);
+                    p
+                }
+            };
+            pool + u64::from(head) * slot_bytes
+        } else {
+            self.bus.alloc(bufs.len() as u64 * DESC_SIZE, 16)?
+        };
+        for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
+            let mut flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+            if k + 1 < bufs.len() {
+                flags |= VIRTQ_DESC_F_NEXT;
+            }
+            let at = table + k as u64 * DESC_SIZE;
+            self.write_desc(at, addr, len, flags, (k + 1) as u16)?;
+        }
+        let table_len =
+            u32::try_from(bufs.len() as u64 * DESC_SIZE).map_err(|_| DriverError::QueueFull {
+                needed: bufs.len(),
+                free: self.num_free,
+            })?;
+        self.write_desc(
+            self.desc_entry(head),
+            table,
+            table_len,
+            VIRTQ_DESC_F_INDIRECT,
+            self.next[head as usize],
+        )?;
+        self.free_head = self.next[head as usize];
+        self.num_free -= 1;
+        self.chains[head as usize] = Some(Chain { ndesc: 1 });
+        self.publish(head)?;
+        Ok(head)
+    }
+
+    /// Puts `head` in the next available slot and publishes it (`virtqueue_add_split`).
+    fn publish(&mut self, head: u16) -> Result<()> {
+        self.bus
+            .ram_write_u16(self.avail_slot(self.avail_idx_shadow), head)?;
+        // virtio_wmb: descriptors and the ring entry before the index.
+        fence(Ordering::Release);
+        self.avail_idx_shadow = self.avail_idx_shadow.wrapping_add(1);
+        self.bus
+            .ram_write_u16(self.avail + AVAIL_IDX, self.avail_idx_shadow)?;
+        self.num_added = self.num_added.wrapping_add(1);
+        if self.num_added == u16::MAX {
+            // Linux: "very unlikely, but theoretically possible. Kick just in case."
+            self.kick()?;
+        }
+        Ok(())
+    }
+
+    // ---- Notifications --------------------------------------------------------------------
+
+    /// `virtqueue_kick_prepare`: whether the device wants a notification for what was added
+    /// since the last call.
+    pub fn kick_prepare(&mut self) -> Result<bool> {
+        // virtio_mb: expose the available entries before reading the event index/flags.
+        fence(Ordering::SeqCst);
+        let new = self.avail_idx_shadow;
+        let old = new.wrapping_sub(self.num_added);
+        self.num_added = 0;
+        Ok(if self.event_idx {
+            let event = self.bus.ram_read_u16(self.avail_event_addr())?;
+            vring_need_event(event, new, old)
+        } else {
+            let flags = self.bus.ram_read_u16(self.used + USED_FLAGS)?;
+            flags & VIRTQ_USED_F_NO_NOTIFY == 0
+        })
+    }
+
+    /// Writes the queue index (16 bits) to the queue's notification address.
+    pub fn notify(&self) {
+        self.bus
+            .bar_write16(self.notify_bar, self.notify_offset, self.index);
+    }
+
+    /// `virtqueue_kick`: notifies if [`kick_prepare`](Self::kick_prepare) says so; returns
+    /// whether it did.
+    pub fn kick(&mut self) -> Result<bool> {
+        let needed = self.kick_prepare()?;
+        if needed {
+            self.notify();
+        }
+        Ok(needed)
+    }
+
+    // ---- Used buffers ---------------------------------------------------------------------
+
+    /// The device's used index.
+    pub fn used_idx(&self) -> Result<u16> {
+        Ok(self.bus.ram_read_u16(self.used + USED_IDX)?)
+    }
+
+    /// Whether the used ring has entries not yet consumed.
+    pub fn has_used(&self) -> Result<bool> {
+        Ok(self.used_idx()? != self.last_used_idx)
+    }
+
+    fn bad_ring(&mut self, msg: String) -> DriverError {
+        log::warn!("host driver: queue {}: bad ring: {msg}", self.index);
+        self.broken = true;
+        DriverError::BadRing(msg)
+    }
+
+    /// `virtqueue_get_buf`: the next used (head, written length), freeing its descriptors.
+    /// An impossible used entry breaks the queue (like Linux's `BAD_RING`).
+    pub fn get_used(&mut self) -> Result<Option<(u16, u32)>> {
+        self.check_usable()?;
+        let used_idx = self.used_idx()?;
+        if used_idx == self.last_used_idx {
+            return Ok(None);
+        }
+        let pending = used_idx.wrapping_sub(self.last_used_idx);
+        if pending > self.size {
+            return Err(self.bad_ring(format!(
+                "used idx {used_idx} is {pending} ahead of {} (size {})",
+                self.last_used_idx, self.size
+            )));
+        }
+        // virtio_rmb: read the entry only after seeing the index.
+        fence(Ordering::Acquire);
+        let elem = self.used_elem(self.last_used_idx);
+        let id = self.bus.ram_read_u32(elem)?;
+        let len = self.bus.ram_read_u32(elem + 4)?;
+        if id >= u32::from(self.size) {
+            return Err(self.bad_ring(format!("id {id} out of range")));
+        }
+        let head = id as u16;
+        let Some(chain) = self.chains[head as usize].take() else {
+            return Err(self.bad_ring(format!("id {id} is not a head")));
+        };
+        // detach_buf_split, from the shadow links only.
+        let mut last = head;
+        for _ in 1..chain.ndesc {
+            last = self.next[last as usize];
+        }
+        self.next[last as usize] = self.free_head;
+        self.free_head = head;
+        self.num_free += chain.ndesc;
+        self.last_used_idx = self.last_used_idx.wrapping_add(1);
+        if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT == 0 {
+            // virtio_store_mb(used_event = last_used_idx)
+            self.bus
+                .ram_write_u16(self.used_event_addr(), self.last_used_idx)?;
+            fence(Ordering::SeqCst);
+        }
+        Ok(Some((head, len)))
+    }
+
+    /// Consumes the next used entry without any validation or bookkeeping: (id, len).
+    /// For queues filled with the raw helpers.
+    pub fn get_used_raw(&mut self) -> Result<Option<(u32, u32)>> {
+        if self.used_idx()? == self.last_used_idx {
+            return Ok(None);
+        }
+        fence(Ordering::Acquire);
+        let elem = self.used_elem(self.last_used_idx);
+        let id = self.bus.ram_read_u32(elem)?;
+        let len = self.bus.ram_read_u32(elem + 4)?;
+        self.last_used_idx = self.last_used_idx.wrapping_add(1);
+        Ok(Some((id, len)))
+    }
+
+    /// Waits (bounded by the queue's timeout) for the next used buffer: sleeps on the
+    /// queue's MSI-X vector when MSI-X is enabled, otherwise polls.
+    pub fn wait_used(&mut self) -> Result<(u16, u32)> {
+        self.wait_used_for(self.timeout)
+    }
+
+    /// [`wait_used`](Self::wait_used) with an explicit bound.
+    pub fn wait_used_for(&mut self, timeout: Duration) -> Result<(u16, u32)> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        loop {
+            if let Some(u) = self.get_used()? {
+                return Ok(u);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DriverError::Timeout("a used buffer"));
+            }
+            let slice = (deadline - now).min(Duration::from_millis(10));
+            match self.msix_vector.filter(|_| self.bus.msix_enabled()) {
+                Some(v) => {
+                    self.bus.wait_msix(v, slice);
+                }
+                None => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(slice.min(Duration::from_micros(100)));
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- Interrupt suppression -------------------------------------------------------------
+
+    /// `virtqueue_disable_cb`: asks the device not to interrupt (avail flags without
+    /// EVENT_IDX; Linux's `used_event = 0` with it).
+    pub fn disable_cb(&mut self) -> Result<()> {
+        if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT == 0 {
+            self.avail_flags_shadow |= VIRTQ_AVAIL_F_NO_INTERRUPT;
+            if self.event_idx {
+                self.bus.ram_write_u16(self.used_event_addr(), 0)?;
+            } else {
+                self.bus
+                    .ram_write_u16(self.avail + AVAIL_FLAGS, self.avail_flags_shadow)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `virtqueue_enable_cb`: re-enables interrupts; returns false if used buffers are
+    /// already pending (the caller should process them instead of waiting).
+    pub fn enable_cb(&mut self) -> Result<bool> {
+        if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT != 0 {
+            self.avail_flags_shadow &= !VIRTQ_AVAIL_F_NO_INTERRUPT;
+            if !self.event_idx {
+                self.bus
+                    .ram_write_u16(self.avail + AVAIL_FLAGS, self.avail_flags_shadow)?;
+            }
+        }
+        self.bus
+            .ram_write_u16(self.used_event_addr(), self.last_used_idx)?;
+        fence(Ordering::SeqCst);
+        Ok(!self.has_used()?)
+    }
+
+    // ---- Raw access for adversarial tests ---------------------------------------------------
+
+    /// Writes descriptor `i` of the table verbatim (any flags/next/addr/len).
+    pub fn write_raw_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
+        if i >= self.size {
+            return Err(DriverError::BadQueueSize {
+                index: self.index,
+                size: i,
+                max: self.size,
+            });
+        }
+        self.write_desc(self.desc_entry(i), addr, len, flags, next)
+    }
+
+    /// Reads descriptor `i` back: (addr, len, flags, next).
+    pub fn read_desc(&self, i: u16) -> Result<(u64, u32, u16, u16)> {
+        let at = self.desc_entry(i % self.size);
+        Ok((
+            self.bus.ram_read_u64(at)?,
+            self.bus.ram_read_u32(at + 8)?,
+            self.bus.ram_read_u16(at + 12)?,
+            self.bus.ram_read_u16(at + 14)?,
+        ))
+    }
+
+    /// Writes a descriptor table entry anywhere in host RAM (e.g. building an indirect
+    /// table by hand).
+    pub fn write_desc_at(&self, at: u64, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
+        self.write_desc(at, addr, len, flags, next)
+    }
+
+    /// Publishes `head` (any value) in the next available slot, with the usual barrier,
+    /// without touching the free list.
+    pub fn push_avail_raw(&mut self, head: u16) -> Result<()> {
+        self.publish(head)
+    }
+
+    /// Writes available ring slot `slot` (mod size) verbatim, without publishing.
+    pub fn set_avail_ring_raw(&self, slot: u16, head: u16) -> Result<()> {
+        Ok(self.bus.ram_write_u16(self.avail_slot(slot), head)?)
+    }
+
+    /// Sets the available index to `idx` (also the driver's copy), e.g. far ahead of the
+    /// entries actually written.
+    pub fn set_avail_idx_raw(&mut self, idx: u16) -> Result<()> {
+        fence(Ordering::Release);
+        self.avail_idx_shadow = idx;
+        Ok(self.bus.ram_write_u16(self.avail + AVAIL_IDX, idx)?)
+    }
+
+    /// Writes the available ring's flags verbatim.
+    pub fn set_avail_flags_raw(&mut self, flags: u16) -> Result<()> {
+        self.avail_flags_shadow = flags;
+        Ok(self.bus.ram_write_u16(self.avail + AVAIL_FLAGS, flags)?)
+    }
+
+    /// Writes `used_event` verbatim.
+    pub fn set_used_event_raw(&self, v: u16) -> Result<()> {
+        Ok(self.bus.ram_write_u16(self.used_event_addr(), v)?)
+    }
+
+    /// The driver's `used_event`.
+    pub fn used_event(&self) -> Result<u16> {
+        Ok(self.bus.ram_read_u16(self.used_event_addr())?)
+    }
+
+    /// The device's `avail_event`.
+    pub fn avail_event(&self) -> Result<u16> {
+        Ok(self.bus.ram_read_u16(self.avail_event_addr())?)
+    }
+
+    /// The device's used-ring flags.
+    pub fn used_flags(&self) -> Result<u16> {
+        Ok(self.bus.ram_read_u16(self.used + USED_FLAGS)?)
+    }
+
+    /// Used ring entry `slot` (mod size): (id, len).
+    pub fn used_entry(&self, slot: u16) -> Result<(u32, u32)> {
+        let e = self.used_elem(slot);
+        Ok((self.bus.ram_read_u32(e)?, self.bus.ram_read_u32(e + 4)?))
+    }
+}

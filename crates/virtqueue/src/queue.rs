@@ -1,0 +1,340 @@
+//! The device side of one split virtqueue: the ring indices it owns, popping available chains,
+//! publishing used elements, and both directions of notification suppression
+//! (VRING_AVAIL_F_NO_INTERRUPT / VRING_USED_F_NO_NOTIFY, or VIRTIO_F_EVENT_IDX).
+//!
+//! Memory ordering (virtio 1.2 section 2.7.13 and Linux's virtio_ring/vhost):
+//! * `avail.idx` is read with a single-copy atomic `read_u16`, followed by an Acquire fence
+//!   before ring entries and descriptors are read;
+//! * a used element is written, then a Release fence, then `used.idx`;
+//! * between publishing `used.idx` and reading `used_event` / `avail.flags`, and between
+//!   writing `avail_event` / `used.flags` and re-reading `avail.idx`, a SeqCst fence.
+
+use crate::layout::{self, Ring};
+use crate::walk::walk_chain;
+use crate::{DescriptorChain, QueueError};
+use epf_epc::{HostMemError, HostMemory};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use virtio_bindings::virtio_ring;
+
+/// `avail.flags`: the driver does not want interrupts.
+pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
+/// `used.flags`: the device does not want notifications.
+pub const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+
+/// Where the driver placed a queue's three areas, and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QueueConfig {
+    pub size: u16,
+    pub desc_addr: u64,
+    pub avail_addr: u64,
+    pub used_addr: u64,
+}
+
+/// Counters of a queue's activity since it was created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    /// Chains successfully popped (minus undone pops).
+    pub chains_popped: u64,
+    /// Descriptors those chains consisted of (see [`DescriptorChain::descriptor_count`]).
+    pub descriptors: u64,
+    /// Readable plus writable bytes of those chains.
+    pub bytes: u64,
+    /// Used elements added.
+    pub used_added: u64,
+    /// Calls to [`Queue::needs_interrupt`] that returned true.
+    pub interrupts_suggested: u64,
+}
+
+/// The device side of a split virtqueue.
+pub struct Queue {
+    cfg: QueueConfig,
+    mem: Arc<dyn HostMemory>,
+    event_idx: bool,
+    next_avail: u16,
+    next_used: u16,
+    /// The last validated value of `avail.idx`; entries up to it can be popped without reading
+    /// `avail.idx` again. Equal to `next_avail` when nothing is known to be pending.
+    avail_idx: u16,
+    /// Our copy of `used.flags` (only the device writes it).
+    used_flags: u16,
+    /// Used elements added since `needs_interrupt` last returned true (saturating).
+    unsignalled: u32,
+    /// Descriptors and bytes of the last pop, for `undo_pop`.
+    last_pop: Option<(u32, u64)>,
+    stats: QueueStats,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("cfg", &self.cfg)
+            .field("event_idx", &self.event_idx)
+            .field("next_avail", &self.next_avail)
+            .field("next_used", &self.next_used)
+            .field("avail_idx", &self.avail_idx)
+            .field("used_flags", &self.used_flags)
+            .field("unsignalled", &self.unsignalled)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_ring(mem: &dyn HostMemory, ring: Ring, addr: u64, size: u16) -> Result<(), QueueError> {
+    if addr % ring.align() != 0 {
+        return Err(QueueError::Misaligned { ring, addr });
+    }
+    let len = ring.area_size(size);
+    let out_of_range = QueueError::RingOutOfRange { ring, addr, len };
+    if addr.checked_add(len).is_none() {
+        return Err(out_of_range);
+    }
+    match mem.check_range(addr, len) {
+        Ok(()) => Ok(()),
+        Err(HostMemError::OutOfRange { .. } | HostMemError::Overflow { .. }) => Err(out_of_range),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Queue {
+    /// Validates `cfg` (size a power of two in `1..=32768`; descriptor table 16-byte, available
+    /// ring 2-byte, used ring 4-byte aligned; all three areas, event fields included, entirely
+    /// inside host memory according to [`HostMemory::check_range`]) and creates the
+    /// device-side state with `next_avail = next_used = 0`. Does not access ring memory.
+    pub fn new(
+        cfg: QueueConfig,
+        mem: Arc<dyn HostMemory>,
+        event_idx: bool,
+    ) -> Result<Queue, QueueError> {
+        if !layout::valid_size(cfg.size) {
+            return Err(QueueError::BadSize { size: cfg.size });
+        }
+        check_ring(&*mem, Ring::Descriptors, cfg.desc_addr, cfg.size)?;
+        check_ring(&*mem, Ring::Avail, cfg.avail_addr, cfg.size)?;
+        check_ring(&*mem, Ring::Used, cfg.used_addr, cfg.size)?;
+        Ok(Queue {
+            cfg,
+            mem,
+            event_idx,
+            next_avail: 0,
+            next_used: 0,
+            avail_idx: 0,
+            used_flags: 0,
+            unsignalled: 0,
+            last_pop: None,
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// The queue size.
+    pub fn size(&self) -> u16 {
+        self.cfg.size
+    }
+
+    /// The configuration the queue was created with.
+    pub fn config(&self) -> QueueConfig {
+        self.cfg
+    }
+
+    /// Whether VIRTIO_F_EVENT_IDX is in use.
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
+    /// The host memory the rings live in.
+    pub fn memory(&self) -> &Arc<dyn HostMemory> {
+        &self.mem
+    }
+
+    /// Index (free running, mod 2^16) of the next available-ring entry to pop.
+    pub fn next_avail(&self) -> u16 {
+        self.next_avail
+    }
+
+    /// Index (free running, mod 2^16) of the next used-ring element to write.
+    pub fn next_used(&self) -> u16 {
+        self.next_used
+    }
+
+    /// Sets the next available index (restoring saved state, or tests of 16-bit wrap-around).
+    /// Forgets what is known about `avail.idx`.
+    pub fn set_next_avail(&mut self, idx: u16) {
+        self.next_avail = idx;
+        self.avail_idx = idx;
+        self.last_pop = None;
+    }
+
+    /// Sets the next used index. The caller keeps `used.idx` in memory consistent with it.
+    pub fn set_next_used(&mut self, idx: u16) {
+        self.next_used = idx;
+        self.unsignalled = 0;
+    }
+
+    /// Activity counters.
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// Reads and validates `avail.idx`, then orders later ring reads after it.
+    fn refresh_avail_idx(&mut self) -> Result<(), QueueError> {
+        let idx = self
+            .mem
+            .read_u16(layout::avail_idx_addr(self.cfg.avail_addr))?;
+        fence(Ordering::Acquire);
+        if idx.wrapping_sub(self.next_avail) > self.cfg.size {
+            return Err(QueueError::AvailIdxJump {
+                old: self.next_avail,
+                new: idx,
+                size: self.cfg.size,
+            });
+        }
+        self.avail_idx = idx;
+        Ok(())
+    }
+
+    /// True if the available ring has entries not yet popped. Reads `avail.idx` only when
+    /// everything seen so far was popped. Fails with [`QueueError::AvailIdxJump`] like `pop`.
+    pub fn has_available(&mut self) -> Result<bool, QueueError> {
+        if self.avail_idx == self.next_avail {
+            self.refresh_avail_idx()?;
+        }
+        Ok(self.avail_idx != self.next_avail)
+    }
+
+    /// Pops the next available chain into `chain`, reusing its buffers. `Ok(false)` when the
+    /// ring is empty. Every host-provided value is validated (see the `walk` module); on `Err`
+    /// the queue is broken and the caller puts the device into DEVICE_NEEDS_RESET (the queue's
+    /// state is left unchanged, so popping again fails the same way).
+    pub fn pop(&mut self, chain: &mut DescriptorChain) -> Result<bool, QueueError> {
+        if !self.has_available()? {
+            return Ok(false);
+        }
+        let size = self.cfg.size;
+        let head = self.mem.read_u16(layout::avail_entry_addr(
+            self.cfg.avail_addr,
+            size,
+            self.next_avail,
+        ))?;
+        walk_chain(&*self.mem, self.cfg.desc_addr, size, head, chain)?;
+        self.next_avail = self.next_avail.wrapping_add(1);
+        let descs = chain.descriptor_count();
+        let bytes = chain.readable_len() + chain.writable_len();
+        self.last_pop = Some((descs, bytes));
+        self.stats.chains_popped += 1;
+        self.stats.descriptors += u64::from(descs);
+        self.stats.bytes += bytes;
+        Ok(true)
+    }
+
+    /// Returns the last popped chain to the ring (`next_avail -= 1`), e.g. when the device
+    /// cannot serve it yet; the next `pop` yields it again. Only the most recent pop can be
+    /// undone: without a successful pop since the last `undo_pop` / `set_next_avail` this does
+    /// nothing (and logs a warning).
+    pub fn undo_pop(&mut self) {
+        let Some((descs, bytes)) = self.last_pop.take() else {
+            log::warn!("virtqueue: undo_pop without a preceding pop");
+            return;
+        };
+        self.next_avail = self.next_avail.wrapping_sub(1);
+        self.stats.chains_popped -= 1;
+        self.stats.descriptors -= u64::from(descs);
+        self.stats.bytes -= bytes;
+    }
+
+    /// Writes the used element `{ id: head, len }` and publishes it by storing the new
+    /// `used.idx` (after a Release fence).
+    pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
+        let size = self.cfg.size;
+        if head >= size {
+            return Err(QueueError::UsedIdOutOfRange { id: head, size });
+        }
+        let mut elem = [0u8; layout::USED_ELEM_SIZE as usize];
+        elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        self.mem.write(
+            layout::used_elem_addr(self.cfg.used_addr, size, self.next_used),
+            &elem,
+        )?;
+        let new = self.next_used.wrapping_add(1);
+        fence(Ordering::Release);
+        self.mem
+            .write_u16(layout::used_idx_addr(self.cfg.used_addr), new)?;
+        self.next_used = new;
+        self.unsignalled = self.unsignalled.saturating_add(1);
+        self.stats.used_added += 1;
+        Ok(())
+    }
+
+    /// Whether the driver must be interrupted for the used elements added since the last call
+    /// that returned true. With VIRTIO_F_EVENT_IDX: whether `used_event` lies among those
+    /// elements (`vring_need_event(used_event, next_used, next_used - added)`); otherwise:
+    /// whether `avail.flags` lacks VRING_AVAIL_F_NO_INTERRUPT. Returns false, without
+    /// accessing memory, if nothing was added.
+    pub fn needs_interrupt(&mut self) -> Result<bool, QueueError> {
+        if self.unsignalled == 0 {
+            return Ok(false);
+        }
+        // Order the used.idx store before the reads of used_event / avail.flags, pairing with
+        // the driver's barrier between writing used_event and re-reading used.idx.
+        fence(Ordering::SeqCst);
+        let need = if self.event_idx {
+            let event = self
+                .mem
+                .read_u16(layout::used_event_addr(self.cfg.avail_addr, self.cfg.size))?;
+            if self.unsignalled > u32::from(u16::MAX) {
+                // More than 2^16 - 1 elements since the last interrupt: the 16-bit window
+                // cannot express that; any event index has been passed.
+                true
+            } else {
+                let old = self.next_used.wrapping_sub(self.unsignalled as u16);
+                layout::vring_need_event(event, self.next_used, old)
+            }
+        } else {
+            let flags = self
+                .mem
+                .read_u16(layout::avail_flags_addr(self.cfg.avail_addr))?;
+            flags & VRING_AVAIL_F_NO_INTERRUPT == 0
+        };
+        if need {
+            self.unsignalled = 0;
+            self.stats.interrupts_suggested += 1;
+        }
+        Ok(need)
+    }
+
+    fn write_used_flags(&mut self, flags: u16) -> Result<(), QueueError> {
+        self.mem
+            .write_u16(layout::used_flags_addr(self.cfg.used_addr), flags)?;
+        self.used_flags = flags;
+        Ok(())
+    }
+
+    /// Asks the driver for notifications again: without EVENT_IDX clears
+    /// VRING_USED_F_NO_NOTIFY, with EVENT_IDX writes `avail_event = next_avail`. Returns
+    /// `Ok(true)` if buffers are available (possibly made available before the driver saw the
+    /// change, so it may not notify for them): the caller must process the queue again.
+    pub fn enable_notification(&mut self) -> Result<bool, QueueError> {
+        if self.event_idx {
+            self.mem.write_u16(
+                layout::avail_event_addr(self.cfg.used_addr, self.cfg.size),
+                self.next_avail,
+            )?;
+        } else {
+            self.write_used_flags(self.used_flags & !VRING_USED_F_NO_NOTIFY)?;
+        }
+        // Order the store above before the re-read of avail.idx (pairs with the driver's
+        // barrier between writing avail.idx and reading used.flags / avail_event).
+        fence(Ordering::SeqCst);
+        self.has_available()
+    }
+
+    /// Asks the driver not to notify: sets VRING_USED_F_NO_NOTIFY without EVENT_IDX; a no-op
+    /// with EVENT_IDX (the driver only notifies when passing `avail_event`, which is not
+    /// advanced until the next [`enable_notification`](Queue::enable_notification)).
+    pub fn disable_notification(&mut self) -> Result<(), QueueError> {
+        if self.event_idx {
+            return Ok(());
+        }
+        self.write_used_flags(self.used_flags | VRING_USED_F_NO_NOTIFY)
+    }
+}
