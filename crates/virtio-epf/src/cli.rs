@@ -89,9 +89,20 @@ mod tests {
     #[test]
     fn parses_subcommands_and_rejects_bad_values() {
         let c = Cli::try_parse_from(["virtio-epf", "rng", "--vfio-user", "/tmp/x.sock"]).unwrap();
-        assert!(matches!(c.device, DeviceCmd::Rng { queue_size: 256, .. }));
+        assert!(matches!(
+            c.device,
+            DeviceCmd::Rng {
+                queue_size: 256,
+                ..
+            }
+        ));
         let c = Cli::try_parse_from([
-            "virtio-epf", "console", "--vfio-user", "/tmp/x", "--backend", "unix:/tmp/c",
+            "virtio-epf",
+            "console",
+            "--vfio-user",
+            "/tmp/x",
+            "--backend",
+            "unix:/tmp/c",
         ])
         .unwrap();
         match c.device {
@@ -100,8 +111,24 @@ mod tests {
             }
             _ => panic!(),
         }
-        assert!(Cli::try_parse_from(["virtio-epf", "console", "--vfio-user", "/x", "--backend", "tcp:1"]).is_err());
-        assert!(Cli::try_parse_from(["virtio-epf", "rng", "--vfio-user", "/x", "--queue-size", "100"]).is_err());
+        assert!(Cli::try_parse_from([
+            "virtio-epf",
+            "console",
+            "--vfio-user",
+            "/x",
+            "--backend",
+            "tcp:1"
+        ])
+        .is_err());
+        assert!(Cli::try_parse_from([
+            "virtio-epf",
+            "rng",
+            "--vfio-user",
+            "/x",
+            "--queue-size",
+            "100"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["virtio-epf", "rng"]).is_err());
     }
 }

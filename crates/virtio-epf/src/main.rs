@@ -11,8 +11,8 @@ use cli::{Cli, ConsoleBackendArg, DeviceCmd};
 use epf_device::VirtioDevice;
 use epf_devices::console::{Backend, DEFAULT_PIPE_BYTES};
 use epf_devices::{ConsoleDevice, RngDevice};
-use epf_virtio_pci::VirtioPciFunction;
 use epf_vfio_user::VfioUserController;
+use epf_virtio_pci::VirtioPciFunction;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::Path;
@@ -68,10 +68,7 @@ fn run(cli: Cli) -> Result<(), String> {
     // Check the socket location before starting anything else, for a clear error.
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
-            return Err(format!(
-                "socket directory {} does not exist",
-                dir.display()
-            ));
+            return Err(format!("socket directory {} does not exist", dir.display()));
         }
     }
     let controller = VfioUserController::new(&socket).map_err(|e| e.to_string())?;

@@ -174,7 +174,12 @@ impl ModernLayout {
             ),
             // The whole page, as QEMU does: Linux refuses a device capability of length 0
             // ("bad capability len 0"), which a device without configuration would have.
-            region_cap(VIRTIO_PCI_CAP_DEVICE_CFG, REGS_BAR, DEVICE_OFFSET as u32, PAGE as u32),
+            region_cap(
+                VIRTIO_PCI_CAP_DEVICE_CFG,
+                REGS_BAR,
+                DEVICE_OFFSET as u32,
+                PAGE as u32,
+            ),
             pci_cfg_cap(),
         ];
         let mut bars: [Option<BarSpec>; 6] = Default::default();

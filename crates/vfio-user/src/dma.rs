@@ -1,0 +1,371 @@
+//! The client's DMA mappings (VFIO_USER_DMA_MAP/UNMAP) and the [`HostMemory`] the function
+//! reaches host memory through.
+//!
+//! Addresses are the guest's bus addresses (IOVAs; guest-physical without a vIOMMU). Each
+//! mapping the client shares with a file descriptor is mapped into our address space; mappings
+//! without a descriptor (QEMU sends those for RAM that is not shareable, e.g. ROMs, or all RAM
+//! without `share=on`) are recorded but not accessible: we do not fall back to DMA_READ/WRITE
+//! messages.
+//!
+//! Every access holds the table's read lock for the duration of the copy, and DMA_UNMAP takes
+//! the write lock before the mapping is dropped, so an unmap waits for in-flight accesses to
+//! finish before the client is told the memory is released (vfio-user.rst "DMA_UNMAP").
+//!
+//! An access may span several adjacent mappings; it is then split. It either completes
+//! entirely or fails without touching memory. `read_u16`/`write_u16` are single-copy atomic
+//! when the address is 2-byte aligned inside one mapping.
+
+use epf_epc::{HostMemError, HostMemory, SharedMemory};
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// One DMA mapping.
+#[derive(Debug)]
+pub(crate) struct DmaMap {
+    pub size: u64,
+    /// Our mapping of the client's memory; `None` if the client sent no descriptor.
+    pub mem: Option<SharedMemory>,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Why a DMA_MAP or DMA_UNMAP was refused (mapped to an errno by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DmaError {
+    /// The range overlaps an existing mapping.
+    Exists,
+    /// Zero size or the range wraps around.
+    Invalid,
+    /// Too many mappings.
+    TooMany,
+    /// An unmap range cuts through a mapping.
+    Partial,
+}
+
+/// Maps `size` bytes of the client's descriptor at `offset`. For regular files (memfds, shm
+/// and hugetlbfs files) the range must lie inside the file: touching a mapping beyond the end
+/// of a file raises SIGBUS. (A client that shrinks the file afterwards can still do that to
+/// us; guest RAM memfds are not sealed by QEMU.) Returns an errno on failure.
+pub(crate) fn map_client_memory(
+    fd: OwnedFd,
+    offset: u64,
+    size: u64,
+    writable: bool,
+) -> Result<SharedMemory, i32> {
+    let len = usize::try_from(size).map_err(|_| libc::EINVAL)?;
+    let end = offset.checked_add(size).ok_or(libc::EINVAL)?;
+    // SAFETY: fstat writes a stat structure for a descriptor we own; zeroed is a valid start.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is live and exclusively borrowed.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EBADF));
+    }
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && end > st.st_size as u64 {
+        return Err(libc::EINVAL);
+    }
+    SharedMemory::map(fd, offset, len, writable)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
+}
+
+/// The set of mappings, keyed by IOVA.
+#[derive(Debug, Default)]
+pub(crate) struct DmaTable {
+    maps: RwLock<BTreeMap<u64, DmaMap>>,
+}
+
+/// A piece of an access that falls into one mapping.
+struct Segment<'a> {
+    mem: &'a SharedMemory,
+    /// Offset into the mapping.
+    off: u64,
+    /// Offset into the caller's buffer.
+    pos: usize,
+    len: usize,
+}
+
+impl DmaTable {
+    fn read_lock(&self) -> RwLockReadGuard<'_, BTreeMap<u64, DmaMap>> {
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_lock(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, DmaMap>> {
+        self.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a mapping of `[iova, iova+map.size)`.
+    pub fn insert(&self, iova: u64, map: DmaMap, max_maps: usize) -> Result<(), DmaError> {
+        let end = iova.checked_add(map.size).ok_or(DmaError::Invalid)?;
+        if map.size == 0 {
+            return Err(DmaError::Invalid);
+        }
+        let mut maps = self.write_lock();
+        if maps.len() >= max_maps {
+            return Err(DmaError::TooMany);
+        }
+        // The mapping starting at or below iova must end at or below it; the next one must
+        // start at or after end.
+        if let Some((b, m)) = maps.range(..=iova).next_back() {
+            if b + m.size > iova {
+                return Err(DmaError::Exists);
+            }
+        }
+        if let Some((b, _)) = maps.range(iova..).next() {
+            if *b < end {
+                return Err(DmaError::Exists);
+            }
+        }
+        maps.insert(iova, map);
+        Ok(())
+    }
+
+    /// Removes every mapping inside `[iova, iova+size)` (a mapping only partly inside fails the
+    /// whole request, as the kernel's type1 IOMMU does). Returns the number removed. Waits for
+    /// accesses in flight; the removed memory is unmapped before returning.
+    pub fn remove_range(&self, iova: u64, size: u64) -> Result<usize, DmaError> {
+        let end = iova.checked_add(size).ok_or(DmaError::Invalid)?;
+        if size == 0 {
+            return Err(DmaError::Invalid);
+        }
+        let removed: Vec<DmaMap> = {
+            let mut maps = self.write_lock();
+            if let Some((b, m)) = maps.range(..iova).next_back() {
+                if b + m.size > iova {
+                    return Err(DmaError::Partial);
+                }
+            }
+            let keys: Vec<u64> = maps.range(iova..end).map(|(b, _)| *b).collect();
+            for k in &keys {
+                if k + maps[k].size > end {
+                    return Err(DmaError::Partial);
+                }
+            }
+            keys.iter().filter_map(|k| maps.remove(k)).collect()
+        };
+        Ok(removed.len())
+    }
+
+    /// Removes all mappings. Returns how many there were.
+    pub fn clear(&self) -> usize {
+        let removed = std::mem::take(&mut *self.write_lock());
+        removed.len()
+    }
+
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.read_lock().len()
+    }
+
+    /// Splits `[addr, addr+len)` into per-mapping segments, failing if any byte is not
+    /// accessible for the kind of access.
+    fn segments<'a>(
+        maps: &'a BTreeMap<u64, DmaMap>,
+        addr: u64,
+        len: usize,
+        write: bool,
+    ) -> Result<Vec<Segment<'a>>, HostMemError> {
+        let len64 = len as u64;
+        let end = addr
+            .checked_add(len64)
+            .ok_or(HostMemError::Overflow { addr, len: len64 })?;
+        let oor = HostMemError::OutOfRange { addr, len: len64 };
+        let mut segs = Vec::with_capacity(1);
+        let mut cur = addr;
+        while cur < end {
+            let (base, m) = maps.range(..=cur).next_back().ok_or(oor)?;
+            let m_end = base + m.size;
+            if cur >= m_end {
+                return Err(oor);
+            }
+            let allowed = if write { m.writable } else { m.readable };
+            let mem = match &m.mem {
+                Some(mem) if allowed => mem,
+                _ => return Err(oor),
+            };
+            let seg_end = end.min(m_end);
+            segs.push(Segment {
+                mem,
+                off: cur - base,
+                pos: (cur - addr) as usize,
+                len: (seg_end - cur) as usize,
+            });
+            cur = seg_end;
+        }
+        Ok(segs)
+    }
+
+    /// The mapping and offset holding `[addr, addr+len)` entirely, if one does.
+    fn single(
+        maps: &BTreeMap<u64, DmaMap>,
+        addr: u64,
+        len: u64,
+        write: bool,
+    ) -> Option<(&SharedMemory, u64)> {
+        let (base, m) = maps.range(..=addr).next_back()?;
+        let off = addr - base;
+        let allowed = if write { m.writable } else { m.readable };
+        if off.checked_add(len)? <= m.size && allowed {
+            m.mem.as_ref().map(|mem| (mem, off))
+        } else {
+            None
+        }
+    }
+}
+
+impl HostMemory for DmaTable {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), HostMemError> {
+        let maps = self.read_lock();
+        for s in Self::segments(&maps, addr, buf.len(), false)? {
+            s.mem.read(s.off, &mut buf[s.pos..s.pos + s.len])?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), HostMemError> {
+        let maps = self.read_lock();
+        for s in Self::segments(&maps, addr, data.len(), true)? {
+            s.mem.write(s.off, &data[s.pos..s.pos + s.len])?;
+        }
+        Ok(())
+    }
+
+    fn check_range(&self, addr: u64, len: u64) -> Result<(), HostMemError> {
+        let len_usize = usize::try_from(len).map_err(|_| HostMemError::OutOfRange { addr, len })?;
+        let maps = self.read_lock();
+        Self::segments(&maps, addr, len_usize, false).map(|_| ())
+    }
+
+    fn read_u16(&self, addr: u64) -> Result<u16, HostMemError> {
+        let maps = self.read_lock();
+        if let Some((mem, off)) = Self::single(&maps, addr, 2, false) {
+            return mem.load_u16(off);
+        }
+        drop(maps);
+        let mut b = [0; 2];
+        self.read(addr, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    fn write_u16(&self, addr: u64, v: u16) -> Result<(), HostMemError> {
+        let maps = self.read_lock();
+        if let Some((mem, off)) = Self::single(&maps, addr, 2, true) {
+            return mem.store_u16(off, v);
+        }
+        drop(maps);
+        self.write(addr, &v.to_le_bytes())
+    }
+
+    fn read_u32(&self, addr: u64) -> Result<u32, HostMemError> {
+        let maps = self.read_lock();
+        if let Some((mem, off)) = Self::single(&maps, addr, 4, false) {
+            return mem.load_u32(off);
+        }
+        drop(maps);
+        let mut b = [0; 4];
+        self.read(addr, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn write_u32(&self, addr: u64, v: u32) -> Result<(), HostMemError> {
+        let maps = self.read_lock();
+        if let Some((mem, off)) = Self::single(&maps, addr, 4, true) {
+            return mem.store_u32(off, v);
+        }
+        drop(maps);
+        self.write(addr, &v.to_le_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapped(size: usize, writable: bool) -> DmaMap {
+        DmaMap {
+            size: size as u64,
+            mem: Some(SharedMemory::memfd("dma-test", size).unwrap()),
+            readable: true,
+            writable,
+        }
+    }
+
+    #[test]
+    fn overlapping_maps_are_refused() {
+        let t = DmaTable::default();
+        t.insert(0x1000, mapped(0x2000, true), 10).unwrap();
+        assert_eq!(
+            t.insert(0x2000, mapped(0x1000, true), 10),
+            Err(DmaError::Exists)
+        );
+        assert_eq!(
+            t.insert(0x0, mapped(0x2000, true), 10),
+            Err(DmaError::Exists)
+        );
+        t.insert(0x3000, mapped(0x1000, true), 10).unwrap();
+        t.insert(0x0, mapped(0x1000, true), 10).unwrap();
+        assert_eq!(
+            t.insert(0x8000, mapped(0x1000, true), 3),
+            Err(DmaError::TooMany)
+        );
+        assert_eq!(
+            t.insert(u64::MAX - 0xfff, mapped(0x2000, true), 10),
+            Err(DmaError::Invalid)
+        );
+    }
+
+    #[test]
+    fn accesses_split_across_adjacent_maps_and_fail_atomically() {
+        let t = DmaTable::default();
+        t.insert(0x1000, mapped(0x1000, true), 10).unwrap();
+        t.insert(0x2000, mapped(0x1000, false), 10).unwrap();
+        t.write(0x1ffe, &[1, 2]).unwrap();
+        let mut b = [0; 4];
+        // Reads may span both maps.
+        t.read(0x1ffe, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 0, 0]);
+        // A write reaching into the read-only map fails and writes nothing.
+        assert!(t.write(0x1ffe, &[9, 9, 9, 9]).is_err());
+        assert_eq!(t.read_u16(0x1ffe).unwrap(), 0x0201);
+        // Unmapped and overflowing ranges.
+        assert!(t.read(0x2ffe, &mut b).is_err());
+        assert!(matches!(
+            t.read(u64::MAX, &mut b),
+            Err(HostMemError::Overflow { .. })
+        ));
+        assert!(t.check_range(0x1000, 0x2000).is_ok());
+        assert!(t.check_range(0x1000, 0x2001).is_err());
+    }
+
+    #[test]
+    fn fd_less_maps_are_not_accessible() {
+        let t = DmaTable::default();
+        t.insert(
+            0,
+            DmaMap {
+                size: 0x1000,
+                mem: None,
+                readable: true,
+                writable: true,
+            },
+            10,
+        )
+        .unwrap();
+        assert!(t.read_u16(0).is_err());
+        assert!(t.write_u32(0, 1).is_err());
+    }
+
+    #[test]
+    fn unmap_requires_whole_mappings() {
+        let t = DmaTable::default();
+        t.insert(0x1000, mapped(0x2000, true), 10).unwrap();
+        t.insert(0x4000, mapped(0x1000, true), 10).unwrap();
+        assert_eq!(t.remove_range(0x2000, 0x1000), Err(DmaError::Partial));
+        assert_eq!(t.remove_range(0x1000, 0x1000), Err(DmaError::Partial));
+        assert_eq!(t.remove_range(0x8000, 0x1000), Ok(0));
+        assert_eq!(t.remove_range(0x0, 0x10000), Ok(2));
+        assert_eq!(t.len(), 0);
+        t.write_u16(0x1000, 1).unwrap_err();
+    }
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs and caches everything both top-level commands need; idempotent, fast when done.
+#  - Debian packages for building (apt-get; only what is missing)
+#  - crates (cargo fetch; cached in ~/.cargo)
+#  - the host-VM harness: trixie chroot with QEMU >= 10.1 and a Debian guest kernel
+#    (cached in ${VIRTIO_EPF_CACHE:-/var/cache/virtio-epf}, outside the repository)
+set -Eeuo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+need=()
+for tool in cc:gcc python3:python3; do
+	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
+done
+if ((${#need[@]})); then
+	echo "prepare: installing ${need[*]}"
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+command -v cargo >/dev/null 2>&1 || {
+	echo "prepare: cargo not found; install a Rust toolchain (rustup) first" >&2
+	exit 1
+}
+cargo fetch --locked -q
+harness/setup.sh
