@@ -120,11 +120,19 @@ impl ConfigSpace {
                 "capabilities do not fit in config space".into(),
             ));
         }
+        let cap_len = 2 + cap.body.len();
+        for r in cap.writable.iter().chain(&cap.trapped) {
+            if r.start >= r.end || r.end > cap_len {
+                return Err(EpcError::Invalid(format!(
+                    "capability range {r:?} outside its {cap_len} bytes"
+                )));
+            }
+        }
         self.bytes[off] = cap.id;
         self.bytes[off + 1] = 0;
-        self.bytes[off + 2..off + 2 + cap.body.len()].copy_from_slice(&cap.body);
+        self.bytes[off + 2..off + cap_len].copy_from_slice(&cap.body);
         for r in &cap.writable {
-            for b in &mut self.wmask[off + r.start..(off + r.end).min(off + len)] {
+            for b in &mut self.wmask[off + r.start..off + r.end] {
                 *b = 0xff;
             }
         }
@@ -145,6 +153,16 @@ impl ConfigSpace {
     pub fn add_msix(&mut self, msix: &MsixSpec) -> Result<usize, EpcError> {
         if msix.vectors == 0 || msix.vectors > 2048 {
             return Err(EpcError::Invalid(format!("{} MSI-X vectors", msix.vectors)));
+        }
+        for (bar, off) in [
+            (msix.table_bar, msix.table_offset),
+            (msix.pba_bar, msix.pba_offset),
+        ] {
+            if bar as usize >= BAR_COUNT || off % 8 != 0 || off > u32::MAX as u64 {
+                return Err(EpcError::Invalid(format!(
+                    "MSI-X structure at BAR {bar} offset {off:#x}: BAR must be 0-5 and the offset 8-byte aligned below 4 GiB"
+                )));
+            }
         }
         let mut body = Vec::with_capacity(10);
         body.extend_from_slice(&(msix.vectors - 1).to_le_bytes());
@@ -167,23 +185,26 @@ impl ConfigSpace {
 
     /// Whether `[offset, offset+len)` touches a trapped range.
     pub fn is_trapped(&self, offset: usize, len: usize) -> bool {
-        self.trapped
-            .iter()
-            .any(|r| offset < r.end && offset + len > r.start)
+        let end = offset.saturating_add(len);
+        self.trapped.iter().any(|r| offset < r.end && end > r.start)
     }
 
     /// Reads from the stored image (out-of-range bytes read as 0xff would be wrong for a
     /// present function; they read as zero).
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         for (i, b) in data.iter_mut().enumerate() {
-            *b = self.bytes.get(offset + i).copied().unwrap_or(0);
+            *b = offset
+                .checked_add(i)
+                .and_then(|o| self.bytes.get(o))
+                .copied()
+                .unwrap_or(0);
         }
     }
 
     /// Applies a host write through the write mask.
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, v) in data.iter().enumerate() {
-            let o = offset + i;
+            let o = offset.saturating_add(i);
             if o >= CONFIG_SPACE_SIZE {
                 break;
             }
@@ -209,4 +230,69 @@ pub fn capability_offsets(caps: &[Capability]) -> Vec<usize> {
             at
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty() -> ConfigSpace {
+        ConfigSpace::new(&PciHeader::default(), &Default::default())
+    }
+
+    #[test]
+    fn capability_ranges_are_checked_and_the_list_is_linked() {
+        let mut cs = empty();
+        let bad = Capability {
+            id: PCI_CAP_ID_VNDR,
+            body: vec![0; 6],
+            writable: vec![10..12],
+            trapped: vec![],
+        };
+        assert!(cs.add_capability(&bad).is_err());
+        let cap = Capability {
+            id: PCI_CAP_ID_VNDR,
+            body: vec![0; 6],
+            writable: vec![4..6],
+            trapped: vec![2..3],
+        };
+        let a = cs.add_capability(&cap).unwrap();
+        let b = cs.add_capability(&cap).unwrap();
+        assert_eq!((a, b), (0x40, 0x48));
+        assert_eq!(cs.bytes()[0x34], 0x40);
+        assert_eq!(cs.bytes()[0x41], 0x48);
+        assert_eq!(capability_offsets(&[cap.clone(), cap]), vec![0x40, 0x48]);
+        cs.write(0x40, &[0xff; 8]);
+        assert_eq!(
+            &cs.bytes()[0x40..0x48],
+            &[PCI_CAP_ID_VNDR, 0x48, 0, 0, 0xff, 0xff, 0, 0]
+        );
+        assert!(cs.is_trapped(0x42, 1) && !cs.is_trapped(0x43, 1));
+        assert!(!cs.is_trapped(usize::MAX, 4));
+        let mut b = [1u8; 2];
+        cs.read(usize::MAX, &mut b);
+        assert_eq!(b, [0, 0]);
+        cs.write(usize::MAX, &[1, 2]);
+    }
+
+    #[test]
+    fn msix_placement_is_validated() {
+        let mut cs = empty();
+        let m = |table_bar, table_offset| MsixSpec {
+            vectors: 4,
+            table_bar,
+            table_offset,
+            pba_bar: 0,
+            pba_offset: 0x800,
+        };
+        assert!(cs.add_msix(&m(6, 0)).is_err());
+        assert!(cs.add_msix(&m(2, 4)).is_err());
+        assert!(cs.add_msix(&m(2, 1 << 32)).is_err());
+        let off = cs.add_msix(&m(2, 0x1000)).unwrap();
+        assert_eq!(cs.bytes()[off + 4], 0x02);
+        assert_eq!(
+            u16::from_le_bytes([cs.bytes()[off + 2], cs.bytes()[off + 3]]),
+            3
+        );
+    }
 }

@@ -21,8 +21,9 @@ pub struct EpcFeatures {
     /// The controller can add vendor-specific capabilities to config space (modern virtio-pci
     /// needs five of them). DesignWare controllers driven through Linux's EPC API cannot.
     pub vendor_capabilities: bool,
-    /// BAR areas may be [`Trapped`](crate::AreaKind::Trapped): host reads are answered
-    /// synchronously by the function.
+    /// BAR areas may be [`Trapped`](crate::AreaKind::Trapped) (host reads are answered
+    /// synchronously by the function), and so may configuration-space ranges
+    /// ([`Capability::trapped`](crate::Capability::trapped)).
     pub trapped_access: bool,
     /// BAR areas may be [`Doorbell`](crate::AreaKind::Doorbell)s.
     pub doorbells: bool,

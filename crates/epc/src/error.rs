@@ -11,7 +11,8 @@ pub enum EpcError {
     /// The request is malformed (overlapping BAR areas, too many vectors, ...).
     #[error("invalid endpoint configuration: {0}")]
     Invalid(String),
-    /// The interrupt cannot be delivered now (vector masked or not enabled by the host).
+    /// The interrupt cannot be delivered: the host has not enabled it (a masked MSI-X vector
+    /// is not an error: the controller keeps it pending, as PCI requires).
     #[error("interrupt {0} not enabled by the host")]
     IrqNotEnabled(String),
     /// The link to the host is down.
