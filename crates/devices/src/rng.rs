@@ -79,7 +79,7 @@ impl VirtioDevice for RngDevice {
         let mut buf = [0u8; 4096];
         while queue.pop(&mut self.chain).map_err(DeviceError::queue(q))? {
             let mut w = self.chain.writer(mem.as_ref());
-            let want = (w.remaining() as usize).min(MAX_PER_REQUEST);
+            let want = w.remaining().min(MAX_PER_REQUEST);
             let mut left = want;
             while left > 0 {
                 let n = left.min(buf.len());

@@ -233,6 +233,7 @@ pub fn capability_offsets(caps: &[Capability]) -> Vec<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one range per capability field is the point
 mod tests {
     use super::*;
 

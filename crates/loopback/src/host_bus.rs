@@ -440,7 +440,7 @@ impl HostBus {
     pub fn msix_masked(&self, v: u16) -> bool {
         self.function()
             .and_then(|f| f.msix.as_ref())
-            .map_or(true, |m| m.masked(v))
+            .is_none_or(|m| m.masked(v))
     }
 
     /// Whether vector `v`'s pending bit is set.

@@ -64,9 +64,8 @@ impl PciCfgWindow {
         }
         let mut f = self.field_bytes();
         for (i, v) in data.iter().enumerate() {
-            match rel + i {
-                o @ (PCI_CFG_BAR | PCI_CFG_OFFSET..PCI_CFG_DATA) => f[o] = *v,
-                _ => {}
+            if let o @ (PCI_CFG_BAR | PCI_CFG_OFFSET..PCI_CFG_DATA) = rel + i {
+                f[o] = *v;
             }
         }
         self.bar = f[PCI_CFG_BAR];

@@ -96,7 +96,7 @@ impl ConsoleDevice {
             }
             let mut w = self.chain.writer(mem.as_ref());
             while w.remaining() > 0 {
-                let want = (w.remaining() as usize).min(buf.len());
+                let want = w.remaining().min(buf.len());
                 let n = self.inp.pop_into(&mut buf[..want]);
                 if n == 0 {
                     break;
