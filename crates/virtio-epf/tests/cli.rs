@@ -1,0 +1,63 @@
+//! The command's behaviour on bad input: one clear line on stderr, exit status 1 (2 for
+//! usage errors, as clap does), nothing left behind.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_virtio-epf"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run virtio-epf")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_on_every_subcommand() {
+    for sub in [&["--help"][..], &["rng", "--help"], &["console", "--help"]] {
+        let o = run(sub);
+        assert!(o.status.success(), "{sub:?}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("Usage:"), "{sub:?}: {out}");
+    }
+    let o = run(&["console", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--backend"));
+}
+
+#[test]
+fn unusable_socket_paths_give_one_line_errors() {
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("no/such/dir/x.sock");
+    let o = run(&["rng", "--vfio-user", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(e.starts_with("virtio-epf: ") && e.contains("does not exist"), "{e}");
+
+    let file = dir.join("regular-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let o = run(&["rng", "--vfio-user", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me", "a regular file was clobbered");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["rng"][..],
+        &["rng", "--vfio-user", "/tmp/x.sock", "--queue-size", "100"],
+        &["console", "--vfio-user", "/tmp/x.sock", "--backend", "tcp:1"],
+        &["floppy", "--vfio-user", "/tmp/x.sock"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains("error:"), "{args:?}: {}", stderr(&o));
+    }
+}
