@@ -72,9 +72,14 @@ impl Interrupt {
         v
     }
 
-    /// Forgets pending status (function reset).
+    /// Forgets pending status (function reset). An INTx asserted for that status is
+    /// deasserted too: left asserted with an ISR of 0, the host's handler would find nothing
+    /// to acknowledge and the level-triggered line would never drop.
     pub fn reset(&self) {
-        self.isr.store(0, Ordering::Release);
+        let pending = self.isr.swap(0, Ordering::AcqRel);
+        if pending != 0 && !self.epc.msix_enabled() {
+            let _ = self.epc.raise_irq(Irq::Intx(false));
+        }
         self.config_vector.store(NO_VECTOR, Ordering::Release);
     }
 }

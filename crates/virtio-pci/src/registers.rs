@@ -24,6 +24,9 @@ const FEATURES_OK: u8 = VIRTIO_CONFIG_S_FEATURES_OK as u8;
 const NEEDS_RESET: u8 = VIRTIO_CONFIG_S_NEEDS_RESET as u8;
 const FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
 
+/// Driver feature words beyond the first two that are kept as registers.
+const HIGH_FEATURE_WORDS: usize = 6;
+
 /// Per-queue registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueRegs {
@@ -95,7 +98,11 @@ pub struct Registers {
     device_feature_select: u32,
     driver_feature_select: u32,
     driver_features: u64,
-    /// The driver set a feature bit beyond bit 63 (we offer none).
+    /// Driver feature words 2..=7 (bits 64..=255) as last written. We offer none of them, so
+    /// any bit set here refuses FEATURES_OK; a word written back to 0 no longer counts.
+    driver_features_high: [u32; HIGH_FEATURE_WORDS],
+    /// The driver set a bit in a feature word past those (sticky until reset, so that the
+    /// state stays bounded whatever selectors a driver writes).
     driver_features_beyond: bool,
     config_msix_vector: u16,
     status: u8,
@@ -119,6 +126,7 @@ impl Registers {
             device_feature_select: 0,
             driver_feature_select: 0,
             driver_features: 0,
+            driver_features_high: [0; HIGH_FEATURE_WORDS],
             driver_features_beyond: false,
             config_msix_vector: NO_VECTOR,
             status: 0,
@@ -134,6 +142,7 @@ impl Registers {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
         self.driver_features = 0;
+        self.driver_features_high = [0; HIGH_FEATURE_WORDS];
         self.driver_features_beyond = false;
         self.config_msix_vector = NO_VECTOR;
         self.status = 0;
@@ -183,7 +192,11 @@ impl Registers {
         match self.driver_feature_select {
             0 => self.driver_features as u32,
             1 => (self.driver_features >> 32) as u32,
-            _ => 0,
+            s => self
+                .driver_features_high
+                .get(s as usize - 2)
+                .copied()
+                .unwrap_or(0),
         }
     }
 
@@ -195,7 +208,10 @@ impl Registers {
         match self.driver_feature_select {
             0 => self.driver_features = (self.driver_features & !0xffff_ffff) | v as u64,
             1 => self.driver_features = (self.driver_features & 0xffff_ffff) | ((v as u64) << 32),
-            _ => self.driver_features_beyond |= v != 0,
+            s => match self.driver_features_high.get_mut(s as usize - 2) {
+                Some(w) => *w = v,
+                None => self.driver_features_beyond |= v != 0,
+            },
         }
     }
 
@@ -244,6 +260,7 @@ impl Registers {
     /// Whether the driver's feature set is acceptable.
     fn features_acceptable(&self) -> bool {
         !self.driver_features_beyond
+            && self.driver_features_high.iter().all(|&w| w == 0)
             && self.driver_features & !self.device_features == 0
             && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
     }
@@ -297,9 +314,12 @@ impl Registers {
 
     /// Resets the function (driver wrote 0, or the host went away). If the worker has been
     /// activated the status keeps its old value until [`reset_complete`](Self::reset_complete).
+    /// A reset while another one is still pending (a function-level reset arriving while the
+    /// worker quiesces the device after the driver wrote 0) supersedes it: the worker is asked
+    /// again with the new epoch, since its completion of the older epoch is ignored.
     pub fn reset(&mut self) -> Effect {
-        let was_active = self.active;
-        let old = self.status;
+        let was_active = self.active || self.reset_pending.is_some();
+        let old = self.reset_pending.unwrap_or(self.status);
         self.clear();
         self.epoch += 1;
         self.active = false;
@@ -539,6 +559,47 @@ mod tests {
         r.set_queue_select(1);
         assert_eq!(r.queue_addr(RingAddr::Desc), 0);
         assert_eq!(r.queue_enable(), 0);
+    }
+
+    #[test]
+    fn high_feature_words_count_as_last_written() {
+        let mut r = Registers::new(V1, &[8], 2);
+        r.set_status(3);
+        r.set_driver_feature_select(1);
+        r.set_driver_feature_word(1);
+        r.set_driver_feature_select(3);
+        r.set_driver_feature_word(0x10);
+        assert_eq!(r.driver_feature_word(), 0x10);
+        r.set_driver_feature_word(0);
+        r.set_status(3 | FEATURES_OK);
+        assert_ne!(r.status() & FEATURES_OK, 0, "word 3 was cleared again");
+        let mut r = Registers::new(V1, &[8], 2);
+        r.set_status(3);
+        r.set_driver_feature_select(1);
+        r.set_driver_feature_word(1);
+        r.set_driver_feature_select(u32::MAX);
+        r.set_driver_feature_word(1);
+        r.set_driver_feature_word(0);
+        r.set_status(3 | FEATURES_OK);
+        assert_eq!(r.status() & FEATURES_OK, 0, "far words are sticky");
+    }
+
+    #[test]
+    fn a_reset_while_one_is_pending_supersedes_it() {
+        let mut r = Registers::new(V1, &[8], 1);
+        negotiated(&mut r, V1);
+        assert!(matches!(r.set_status(0xf), Effect::Activate(_)));
+        assert_eq!(r.set_status(0), Effect::Reset { epoch: 1 });
+        // A function-level reset before the worker completed epoch 1.
+        assert_eq!(r.reset(), Effect::Reset { epoch: 2 });
+        assert_eq!(r.status(), 0xf);
+        r.reset_complete(1);
+        assert_eq!(r.status(), 0xf, "epoch 1 is stale");
+        r.reset_complete(2);
+        assert_eq!(r.status(), 0);
+        // An idle function resets at once.
+        assert_eq!(r.reset(), Effect::None);
+        assert_eq!(r.status(), 0);
     }
 
     #[test]

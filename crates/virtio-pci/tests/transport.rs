@@ -60,7 +60,7 @@ fn config_request(rig: &Rig, q: &mut HostQueue, bytes: [u8; 4]) {
 #[test]
 fn probe_finds_the_five_vendor_capabilities_and_msix() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let bus = rig.c.host();
         let drv = rig.driver();
@@ -114,7 +114,7 @@ fn probe_finds_the_five_vendor_capabilities_and_msix() {
 #[test]
 fn feature_words_and_features_ok_refusal() {
     bounded(LIMIT, || {
-        let (dev, probe) = TestDevice::new();
+        let (dev, probe) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let mut drv = rig.driver();
         drv.reset().unwrap();
@@ -171,7 +171,7 @@ fn feature_words_and_features_ok_refusal() {
 #[test]
 fn reset_writes_zero_polls_zero_and_restores_every_register() {
     bounded(LIMIT, || {
-        let (dev, probe) = TestDevice::new();
+        let (dev, probe) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
@@ -224,7 +224,7 @@ fn reset_writes_zero_polls_zero_and_restores_every_register() {
 #[test]
 fn status_reads_old_value_until_a_slow_device_reset_is_done() {
     bounded(LIMIT, || {
-        let (dev, probe) = TestDevice::new();
+        let (dev, probe) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let (drv, _qs) = negotiated(&rig);
         assert!(wait_until(WAIT, || probe
@@ -262,10 +262,83 @@ fn status_reads_old_value_until_a_slow_device_reset_is_done() {
     });
 }
 
+/// A function-level reset that arrives while a driver-initiated reset is still waiting for a
+/// slow device must not leave the function stuck in the pending reset.
+#[test]
+fn function_reset_while_a_driver_reset_is_pending() {
+    bounded(LIMIT, || {
+        let (dev, probe) = TestDevice::boxed();
+        let rig = Rig::new(dev);
+        let bus = rig.c.host();
+        let (drv, _qs) = negotiated(&rig);
+        assert!(wait_until(WAIT, || probe
+            .activations
+            .load(Ordering::SeqCst)
+            == 1));
+        probe.reset_delay_ms.store(200, Ordering::SeqCst);
+        drv.set_status(0);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            drv.status(),
+            STATUS_ALL_OK,
+            "the slow reset is still pending"
+        );
+        bus.function_reset();
+        let mut drv = rig.driver();
+        assert!(
+            wait_until(WAIT, || drv.status() == 0),
+            "status stuck at {:#x} after the function reset",
+            drv.status()
+        );
+        probe.reset_delay_ms.store(0, Ordering::SeqCst);
+        assert!(drv.enable_msix());
+        drv.init(u64::MAX).unwrap();
+        drv.set_config_vector(CONFIG_VECTOR).unwrap();
+        let mut q0 = drv.setup_queue(0, None, Some(1)).unwrap();
+        drv.driver_ok();
+        fill_request(&rig, &mut q0, 512);
+        assert_eq!(probe.activations.load(Ordering::SeqCst), 2);
+        rig.finish_after_flr();
+    });
+}
+
+/// A driver may write a feature word beyond bit 63 and then clear it again; what counts at
+/// FEATURES_OK is what the words hold then.
+#[test]
+fn features_beyond_bit_63_count_as_last_written() {
+    bounded(LIMIT, || {
+        let (dev, _) = TestDevice::boxed();
+        let rig = Rig::new(dev);
+        let drv = rig.driver();
+        let attempt = |words: &[(u32, u32)]| {
+            drv.reset().unwrap();
+            drv.add_status(STATUS_ACKNOWLEDGE);
+            drv.add_status(STATUS_DRIVER);
+            drv.write_driver_features(feature(VIRTIO_F_VERSION_1));
+            for &(select, v) in words {
+                drv.write_driver_feature_word(select, v);
+            }
+            drv.add_status(STATUS_FEATURES_OK);
+            drv.status() & STATUS_FEATURES_OK != 0
+        };
+        assert!(
+            !attempt(&[(2, 1), (3, 0x8000_0000), (2, 0)]),
+            "word 3 still has a bit set"
+        );
+        assert!(!attempt(&[(100, 4)]), "a bit far beyond 63");
+        assert!(
+            attempt(&[(2, 1), (3, 0x8000_0000), (2, 0), (3, 0)]),
+            "refused although no bit beyond 63 is set any more"
+        );
+        assert!(attempt(&[(2, 0), (7, 0)]), "zero words beyond 63");
+        rig.finish();
+    });
+}
+
 #[test]
 fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
@@ -312,7 +385,7 @@ fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
 #[test]
 fn queue_msix_vector_read_back() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
@@ -369,7 +442,7 @@ fn queue_msix_vector_read_back() {
 #[test]
 fn queue_notify_off_and_multiplier_address_each_queue() {
     bounded(LIMIT, || {
-        let (dev, probe) = TestDevice::new();
+        let (dev, probe) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let (drv, mut qs) = negotiated(&rig);
         let caps = drv.caps().clone();
@@ -418,7 +491,7 @@ fn queue_notify_off_and_multiplier_address_each_queue() {
 #[test]
 fn device_config_change_bumps_generation_and_raises_the_config_vector() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let bus = rig.c.host();
         let (drv, mut qs) = negotiated(&rig);
@@ -459,7 +532,7 @@ fn device_config_change_bumps_generation_and_raises_the_config_vector() {
 #[test]
 fn config_vector_is_used_as_read_back_whenever_it_was_written() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let bus = rig.c.host();
         let mut drv = rig.driver();
@@ -485,7 +558,7 @@ fn config_vector_is_used_as_read_back_whenever_it_was_written() {
 #[test]
 fn isr_is_read_to_clear_and_drives_intx_without_msix() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let bus = rig.c.host();
         let mut drv = rig.driver();
@@ -535,10 +608,49 @@ fn isr_is_read_to_clear_and_drives_intx_without_msix() {
     });
 }
 
+/// A device reset with a used-buffer interrupt still pending (the driver never read the ISR)
+/// must not leave INTx asserted with an ISR of 0: the host's handler would find nothing to
+/// clear and the line would stay asserted (an interrupt storm, "nobody cared").
+#[test]
+fn reset_deasserts_a_pending_intx() {
+    bounded(LIMIT, || {
+        let (dev, _) = TestDevice::boxed();
+        let rig = Rig::new(dev);
+        let bus = rig.c.host();
+        let mut drv = rig.driver();
+        drv.init(u64::MAX).unwrap();
+        let mut q0 = drv.setup_queue(0, None, None).unwrap();
+        drv.driver_ok();
+        let buf = bus.alloc(32, 8).unwrap();
+        q0.add(&[(buf, 32, true)]).unwrap();
+        q0.notify();
+        assert!(
+            wait_until(WAIT, || bus.intx_asserted()),
+            "INTx not asserted"
+        );
+        drv.reset().unwrap();
+        assert_eq!(drv.read_isr(), 0, "the ISR survived the reset");
+        assert!(
+            !bus.intx_asserted(),
+            "INTx still asserted after the reset, with nothing in the ISR"
+        );
+        // And the next interrupt works as usual.
+        drv.init(u64::MAX).unwrap();
+        let mut q0 = drv.setup_queue(0, None, None).unwrap();
+        drv.driver_ok();
+        q0.add(&[(buf, 32, true)]).unwrap();
+        q0.notify();
+        assert!(wait_until(WAIT, || bus.intx_asserted()));
+        assert_eq!(drv.read_isr() & ISR_QUEUE, ISR_QUEUE);
+        assert!(!bus.intx_asserted());
+        rig.finish();
+    });
+}
+
 #[test]
 fn pci_cfg_access_capability_reaches_the_common_and_device_config() {
     bounded(LIMIT, || {
-        let (dev, _) = TestDevice::new();
+        let (dev, _) = TestDevice::boxed();
         let rig = Rig::new(dev);
         let drv = rig.driver();
         drv.reset().unwrap();

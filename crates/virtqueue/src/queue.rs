@@ -265,6 +265,46 @@ impl Queue {
         Ok(())
     }
 
+    /// Writes the used elements `elems` (`(head, len)` in order) and publishes all of them with
+    /// a single `used.idx` store (after a Release fence), so the driver sees either none or all
+    /// of them. virtio-net needs this for a packet spread over several merged receive buffers
+    /// (VIRTIO_NET_F_MRG_RXBUF): a driver that saw only the first buffer would find the others
+    /// missing (vhost's `vhost_add_used_n`, QEMU's `virtqueue_fill` + `virtqueue_flush`).
+    /// Every id is checked before anything is written; more elements than the queue size is
+    /// refused the same way (the ring cannot hold them).
+    pub fn add_used_many(&mut self, elems: &[(u16, u32)]) -> Result<(), QueueError> {
+        let size = self.cfg.size;
+        if let Some(&(id, _)) = elems.iter().find(|&&(h, _)| h >= size) {
+            return Err(QueueError::UsedIdOutOfRange { id, size });
+        }
+        if elems.len() > usize::from(size) {
+            return Err(QueueError::UsedIdOutOfRange {
+                id: u16::try_from(elems.len()).unwrap_or(u16::MAX),
+                size,
+            });
+        }
+        if elems.is_empty() {
+            return Ok(());
+        }
+        let mut idx = self.next_used;
+        for &(head, len) in elems {
+            let mut elem = [0u8; layout::USED_ELEM_SIZE as usize];
+            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            self.mem
+                .write(layout::used_elem_addr(self.cfg.used_addr, size, idx), &elem)?;
+            idx = idx.wrapping_add(1);
+        }
+        fence(Ordering::Release);
+        self.mem
+            .write_u16(layout::used_idx_addr(self.cfg.used_addr), idx)?;
+        self.next_used = idx;
+        let n = elems.len() as u32;
+        self.unsignalled = self.unsignalled.saturating_add(n);
+        self.stats.used_added += u64::from(n);
+        Ok(())
+    }
+
     /// Whether the driver must be interrupted for the used elements added since the last call
     /// that returned true. With VIRTIO_F_EVENT_IDX: whether `used_event` lies among those
     /// elements (`vring_need_event(used_event, next_used, next_used - added)`); otherwise:

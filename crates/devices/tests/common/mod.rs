@@ -125,6 +125,21 @@ impl Rig {
             0,
             "the endpoint attempted host-memory accesses outside host RAM"
         );
+        assert_eq!(
+            self.c.stats().irqs_refused,
+            0,
+            "the function raised interrupts the host had not enabled"
+        );
+    }
+
+    /// End-of-test check after function-level resets, which may race with interrupts the
+    /// device raises: only the host-memory check applies.
+    pub fn finish_after_flr(self) {
+        assert_eq!(
+            self.c.oob_attempts(),
+            0,
+            "the endpoint attempted host-memory accesses outside host RAM"
+        );
     }
 }
 
@@ -351,4 +366,263 @@ pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
         .zip(b)
         .position(|(x, y)| x != y)
         .or_else(|| (a.len() != b.len()).then_some(a.len().min(b.len())))
+}
+
+// ---- Host-side buffer pools for streaming queues ---------------------------------------------
+
+/// How a chain's buffer is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One descriptor.
+    Single,
+    /// Several descriptors (some possibly empty) in the ring's table.
+    Multi,
+    /// An indirect table.
+    Indirect,
+}
+
+impl Shape {
+    pub fn pick(rng: &mut Prng, indirect: bool) -> Shape {
+        match rng.range(0, 2) {
+            0 => Shape::Single,
+            1 => Shape::Multi,
+            _ if indirect => Shape::Indirect,
+            _ => Shape::Multi,
+        }
+    }
+}
+
+/// A pool of fixed host-RAM slots backing the chains a queue has outstanding, so that a long
+/// stream reuses memory. Each chain gets one slot; its segments lie in the slot with gaps.
+pub struct SlotPool {
+    pub bus: HostBus,
+    slots: Vec<u64>,
+    slot_len: u64,
+    free: Vec<usize>,
+    posted: std::collections::HashMap<u16, (usize, Vec<(u64, u32)>)>,
+}
+
+impl SlotPool {
+    pub fn new(bus: HostBus, count: usize, max_chain: u32) -> Self {
+        let slot_len = u64::from(max_chain) + 8 * 16;
+        let slots: Vec<u64> = (0..count)
+            .map(|_| bus.alloc(slot_len, 64).unwrap())
+            .collect();
+        SlotPool {
+            bus,
+            free: (0..count).rev().collect(),
+            slots,
+            slot_len,
+            posted: Default::default(),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.posted.len()
+    }
+
+    pub fn has_free(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// The slots' bus addresses and length (e.g. to poison and check them).
+    pub fn slots(&self) -> (&[u64], u64) {
+        (&self.slots, self.slot_len)
+    }
+
+    /// Splits `total` bytes into segments of a free slot according to `shape`.
+    fn layout(
+        &mut self,
+        q: &HostQueue,
+        rng: &mut Prng,
+        total: u32,
+        shape: Shape,
+    ) -> (usize, Vec<(u64, u32)>) {
+        let slot = self.free.pop().expect("a free slot");
+        let base = self.slots[slot];
+        let nsegs = match shape {
+            Shape::Single => 1,
+            Shape::Multi => (rng.range(1, 4) as usize).min(q.num_free() as usize).max(1),
+            Shape::Indirect => rng.range(1, 6) as usize,
+        };
+        let mut cuts: Vec<u32> = (1..nsegs)
+            .map(|_| rng.range(0, u64::from(total)) as u32)
+            .collect();
+        cuts.push(0);
+        cuts.push(total);
+        cuts.sort_unstable();
+        let mut segs = Vec::with_capacity(nsegs);
+        let mut at = base + 16;
+        for w in cuts.windows(2) {
+            segs.push((at, w[1] - w[0]));
+            at += u64::from(w[1] - w[0]) + 16;
+        }
+        assert!(at <= base + self.slot_len);
+        (slot, segs)
+    }
+
+    fn add(
+        &mut self,
+        q: &mut HostQueue,
+        slot: usize,
+        segs: Vec<(u64, u32)>,
+        writable: bool,
+        shape: Shape,
+    ) -> u16 {
+        let bufs: Vec<(u64, u32, bool)> = segs.iter().map(|&(a, l)| (a, l, writable)).collect();
+        let head = match shape {
+            Shape::Indirect => q.add_indirect(&bufs).unwrap(),
+            _ => q.add(&bufs).unwrap(),
+        };
+        assert!(self.posted.insert(head, (slot, segs)).is_none());
+        head
+    }
+
+    /// Posts `data` as a device-readable chain (transmit).
+    pub fn post_readable(
+        &mut self,
+        q: &mut HostQueue,
+        rng: &mut Prng,
+        data: &[u8],
+        shape: Shape,
+    ) -> u16 {
+        let (slot, segs) = self.layout(q, rng, data.len() as u32, shape);
+        let mut pos = 0;
+        for &(a, l) in &segs {
+            self.bus.ram_write(a, &data[pos..pos + l as usize]).unwrap();
+            pos += l as usize;
+        }
+        self.add(q, slot, segs, false, shape)
+    }
+
+    /// Posts a device-writable chain of `len` bytes (receive), poisoned with `poison`.
+    pub fn post_writable(
+        &mut self,
+        q: &mut HostQueue,
+        rng: &mut Prng,
+        len: u32,
+        shape: Shape,
+        poison: u8,
+    ) -> u16 {
+        let (slot, segs) = self.layout(q, rng, len, shape);
+        for &(a, l) in &segs {
+            self.bus.ram_write(a, &vec![poison; l as usize]).unwrap();
+        }
+        self.add(q, slot, segs, true, shape)
+    }
+
+    /// Total length of the outstanding chain `head`.
+    pub fn capacity(&self, head: u16) -> u32 {
+        self.posted
+            .get(&head)
+            .map_or(0, |(_, segs)| segs.iter().map(|s| s.1).sum())
+    }
+
+    /// Completes `head`: returns the first `len` bytes of its buffers (in chain order) and
+    /// frees its slot. Panics if `head` is not outstanding or `len` exceeds the chain.
+    pub fn complete(&mut self, head: u16, len: u32) -> Vec<u8> {
+        let (slot, segs) = self
+            .posted
+            .remove(&head)
+            .unwrap_or_else(|| panic!("used id {head} is not an outstanding head"));
+        let cap: u32 = segs.iter().map(|s| s.1).sum();
+        assert!(
+            len <= cap,
+            "used length {len} exceeds the chain's {cap} bytes"
+        );
+        let mut out = Vec::with_capacity(len as usize);
+        let mut left = len as usize;
+        for &(a, l) in &segs {
+            let n = left.min(l as usize);
+            let mut b = vec![0; n];
+            self.bus.ram_read(a, &mut b).unwrap();
+            out.extend_from_slice(&b);
+            left -= n;
+        }
+        self.free.push(slot);
+        out
+    }
+}
+
+// ---- Streaming through a queue ------------------------------------------------------------------
+
+/// Poison of receive buffers.
+pub const RX_POISON: u8 = 0xee;
+
+/// Sends `data` through the transmit queue in chains of random sizes (up to `max_chain`) and
+/// shapes, with up to `depth` chains outstanding. Every used length must be 0 (the device
+/// writes nothing into transmit buffers).
+pub fn transmit(rig: &Rig, q: &mut HostQueue, data: &[u8], s: Stream) {
+    let bus = rig.bus();
+    let mut pool = SlotPool::new(bus.clone(), s.depth, s.max_chain);
+    let mut rng = Prng::new(s.seed);
+    let mut sent = 0usize;
+    loop {
+        let mut added = false;
+        while sent < data.len() && pool.has_free() && q.num_free() > 0 {
+            let n = (rng.range(1, u64::from(s.max_chain)) as usize).min(data.len() - sent);
+            let shape = Shape::pick(&mut rng, s.indirect);
+            pool.post_readable(q, &mut rng, &data[sent..sent + n], shape);
+            sent += n;
+            added = true;
+        }
+        if added {
+            q.kick().unwrap();
+        }
+        if pool.in_flight() == 0 {
+            return;
+        }
+        let (head, len) = wait_used_strict(&bus, q);
+        assert_eq!(len, 0, "transmit used length");
+        pool.complete(head, 0);
+        while let Some((head, len)) = q.get_used().unwrap() {
+            assert_eq!(len, 0, "transmit used length");
+            pool.complete(head, 0);
+        }
+    }
+}
+
+/// Receives exactly `n` bytes through the receive queue, posting buffers of random sizes (up
+/// to `max_chain`) and shapes, up to `depth` at a time. Returns the bytes in used-ring order.
+pub fn receive(rig: &Rig, q: &mut HostQueue, n: usize, s: Stream) -> Vec<u8> {
+    let bus = rig.bus();
+    let mut pool = SlotPool::new(bus.clone(), s.depth, s.max_chain);
+    let mut rng = Prng::new(s.seed);
+    let mut out = Vec::with_capacity(n);
+    // Room of the buffers outstanding: never more than the bytes still expected, so the
+    // stream ends with no buffer left behind.
+    let mut room = 0usize;
+    let take = |pool: &mut SlotPool, out: &mut Vec<u8>, room: &mut usize, head, len| {
+        *room -= pool.capacity(head) as usize;
+        out.extend(pool.complete(head, len));
+    };
+    while out.len() < n {
+        let mut added = false;
+        while out.len() + room < n && pool.has_free() && q.num_free() > 0 {
+            let len = (rng.range(1, u64::from(s.max_chain)) as usize).min(n - out.len() - room);
+            let shape = Shape::pick(&mut rng, s.indirect);
+            pool.post_writable(q, &mut rng, len as u32, shape, RX_POISON);
+            room += len;
+            added = true;
+        }
+        if added {
+            q.kick().unwrap();
+        }
+        let (head, len) = wait_used_strict(&bus, q);
+        take(&mut pool, &mut out, &mut room, head, len);
+        while let Some((head, len)) = q.get_used().unwrap() {
+            take(&mut pool, &mut out, &mut room, head, len);
+        }
+    }
+    assert_eq!(out.len(), n, "received more than was sent");
+    out
+}
+
+/// Parameters of a stream of chains.
+#[derive(Clone, Copy)]
+pub struct Stream {
+    pub max_chain: u32,
+    pub depth: usize,
+    pub indirect: bool,
+    pub seed: u64,
 }

@@ -81,6 +81,21 @@ impl Rig {
             0,
             "the endpoint attempted host-memory accesses outside host RAM"
         );
+        assert_eq!(
+            self.c.stats().irqs_refused,
+            0,
+            "the function raised interrupts the host had not enabled"
+        );
+    }
+
+    /// End-of-test check after function-level resets, which may race with interrupts the
+    /// device raises: only the host-memory check applies.
+    pub fn finish_after_flr(self) {
+        assert_eq!(
+            self.c.oob_attempts(),
+            0,
+            "the endpoint attempted host-memory accesses outside host RAM"
+        );
     }
 }
 
@@ -123,7 +138,7 @@ pub struct TestDevice {
 }
 
 impl TestDevice {
-    pub fn new() -> (Box<dyn VirtioDevice>, Arc<Probe>) {
+    pub fn boxed() -> (Box<dyn VirtioDevice>, Arc<Probe>) {
         let probe = Arc::new(Probe::default());
         (
             Box::new(TestDevice {

@@ -197,3 +197,78 @@ fn avail_event_across_index_wrap() {
     assert_eq!(drv.avail_event(), 0);
     assert_no_oob(&drv);
 }
+
+use std::sync::Arc;
+
+/// Host memory that counts the stores to one address (the used index), to show that
+/// `add_used_many` publishes a batch with a single store.
+struct CountingMemory {
+    inner: Arc<crate::testing::TestMemory>,
+    watch: u64,
+    stores: std::sync::atomic::AtomicU32,
+}
+
+impl epf_epc::HostMemory for CountingMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), epf_epc::HostMemError> {
+        self.inner.read(addr, buf)
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), epf_epc::HostMemError> {
+        self.inner.write(addr, data)
+    }
+    fn check_range(&self, addr: u64, len: u64) -> Result<(), epf_epc::HostMemError> {
+        self.inner.check_range(addr, len)
+    }
+    fn read_u16(&self, addr: u64) -> Result<u16, epf_epc::HostMemError> {
+        self.inner.read_u16(addr)
+    }
+    fn write_u16(&self, addr: u64, v: u16) -> Result<(), epf_epc::HostMemError> {
+        if addr == self.watch {
+            self.stores
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.write_u16(addr, v)
+    }
+}
+
+#[test]
+fn add_used_many_publishes_once_and_counts_every_element() {
+    use crate::{Queue, QueueError};
+    let (mut drv, _) = setup(8, 1 << 16, true);
+    let mem = Arc::new(CountingMemory {
+        inner: drv.memory().clone(),
+        watch: crate::layout::used_idx_addr(drv.config().used_addr),
+        stores: Default::default(),
+    });
+    let mut q = Queue::new(drv.config(), mem.clone(), true).unwrap();
+    let mut heads = Vec::new();
+    let mut c = DescriptorChain::default();
+    for _ in 0..4 {
+        drv.add_chain(&[Buf::Writable(8)]);
+        assert!(q.pop(&mut c).unwrap());
+        heads.push(c.head());
+    }
+    // The driver wants an interrupt for the first element of the batch, which a queue
+    // counting only the last element would miss.
+    drv.set_used_event(0);
+    let elems: Vec<(u16, u32)> = heads.iter().map(|&h| (h, 8)).collect();
+    // An id outside the queue, or more elements than the ring holds: nothing is written.
+    assert_eq!(
+        q.add_used_many(&[(heads[0], 1), (8, 1)]),
+        Err(QueueError::UsedIdOutOfRange { id: 8, size: 8 })
+    );
+    assert!(q.add_used_many(&[(0, 0); 9]).is_err());
+    assert_eq!(drv.used_idx(), 0);
+    q.add_used_many(&elems).unwrap();
+    assert_eq!(mem.stores.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(drv.used_idx(), 4);
+    for (i, &h) in heads.iter().enumerate() {
+        assert_eq!(drv.used_elem(i as u16), (u32::from(h), 8));
+    }
+    assert_eq!(q.next_used(), 4);
+    assert_eq!(q.stats().used_added, 4);
+    assert!(q.needs_interrupt().unwrap());
+    q.add_used_many(&[]).unwrap();
+    assert!(!q.needs_interrupt().unwrap());
+    assert_eq!(mem.stores.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_no_oob(&drv);
+}
