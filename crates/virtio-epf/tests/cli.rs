@@ -36,7 +36,10 @@ fn unusable_socket_paths_give_one_line_errors() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
-    assert!(e.starts_with("virtio-epf: ") && e.contains("does not exist"), "{e}");
+    assert!(
+        e.starts_with("virtio-epf: ") && e.contains("does not exist"),
+        "{e}"
+    );
 
     let file = dir.join("regular-file");
     std::fs::write(&file, b"keep me").unwrap();
@@ -44,7 +47,11 @@ fn unusable_socket_paths_give_one_line_errors() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
-    assert_eq!(std::fs::read(&file).unwrap(), b"keep me", "a regular file was clobbered");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"keep me",
+        "a regular file was clobbered"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -53,7 +60,13 @@ fn bad_arguments_are_usage_errors() {
     for args in [
         &["rng"][..],
         &["rng", "--vfio-user", "/tmp/x.sock", "--queue-size", "100"],
-        &["console", "--vfio-user", "/tmp/x.sock", "--backend", "tcp:1"],
+        &[
+            "console",
+            "--vfio-user",
+            "/tmp/x.sock",
+            "--backend",
+            "tcp:1",
+        ],
         &["floppy", "--vfio-user", "/tmp/x.sock"],
     ] {
         let o = run(args);

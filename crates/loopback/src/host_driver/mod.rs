@@ -7,7 +7,7 @@
 //! device side on purpose.
 //!
 //! Typical use:
-//! ```ignore
+//! ```text
 //! let mut drv = VirtioPciDriver::probe(controller.host())?;
 //! drv.enable_msix();
 //! drv.init(wanted_features)?;              // reset, ACK, DRIVER, features, FEATURES_OK
