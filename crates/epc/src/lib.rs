@@ -24,6 +24,7 @@ mod error;
 mod header;
 mod host_memory;
 mod irq;
+mod outbound_windows;
 mod shared_mem;
 
 pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, PAGE_SIZE};
@@ -38,4 +39,5 @@ pub use error::{EpcError, HostMemError};
 pub use header::PciHeader;
 pub use host_memory::{region_offset, HostMemory};
 pub use irq::{Irq, IrqSupport};
+pub use outbound_windows::{OutboundWindows, WindowLimited, WindowStats};
 pub use shared_mem::SharedMemory;
