@@ -5,7 +5,7 @@
 use crate::HostMemError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 /// A shared memory mapping.
 pub struct SharedMemory {
@@ -142,7 +142,7 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// Atomically loads an aligned u16 (relaxed; callers add fences).
+    /// Atomically loads an aligned u16 (acquire: later loads are not hoisted above it).
     pub fn load_u16(&self, off: u64) -> Result<u16, HostMemError> {
         let o = self.check(off, 2)?;
         if o % 2 != 0 {
@@ -153,7 +153,7 @@ impl SharedMemory {
         // SAFETY: in bounds and 2-byte aligned (the mapping is page aligned); AtomicU16 has the
         // layout of u16.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU16) };
-        Ok(u16::from_le(a.load(Ordering::Relaxed)))
+        Ok(u16::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Atomically stores an aligned u16 (relaxed; callers add fences).
@@ -168,7 +168,7 @@ impl SharedMemory {
         Ok(())
     }
 
-    /// Atomically loads an aligned u32 (relaxed).
+    /// Atomically loads an aligned u32 (acquire).
     pub fn load_u32(&self, off: u64) -> Result<u32, HostMemError> {
         let o = self.check(off, 4)?;
         if o % 4 != 0 {
@@ -178,7 +178,7 @@ impl SharedMemory {
         }
         // SAFETY: in bounds and 4-byte aligned; AtomicU32 has the layout of u32.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
-        Ok(u32::from_le(a.load(Ordering::Relaxed)))
+        Ok(u32::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Atomically stores an aligned u32 (relaxed).
@@ -191,6 +191,51 @@ impl SharedMemory {
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
         a.store(v.to_le(), Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl SharedMemory {
+    /// Loads one byte (acquire: later loads are not hoisted above it).
+    pub fn load_u8(&self, off: u64) -> Result<u8, HostMemError> {
+        let o = self.check(off, 1)?;
+        // SAFETY: in bounds; AtomicU8 has the layout of u8 and no alignment requirement.
+        let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU8) };
+        Ok(a.load(Ordering::Acquire))
+    }
+
+    /// Stores one byte.
+    pub fn store_u8(&self, off: u64, v: u8) -> Result<(), HostMemError> {
+        self.write(off, &[v])
+    }
+
+    /// Atomically replaces the aligned u16 at `off` with `new` if it still holds `old`
+    /// (SeqCst). Returns whether it did. This is how a poller consumes a host write without
+    /// losing one that lands at the same moment.
+    pub fn compare_exchange_u16(&self, off: u64, old: u16, new: u16) -> Result<bool, HostMemError> {
+        let o = self.check(off, 2)?;
+        if o % 2 != 0 {
+            return Err(HostMemError::OutOfRange { addr: off, len: 2 });
+        }
+        // SAFETY: in bounds and 2-byte aligned; AtomicU16 has the layout of u16.
+        let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU16) };
+        Ok(
+            a.compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok(),
+        )
+    }
+
+    /// Atomically replaces the aligned u32 at `off` with `new` if it still holds `old`.
+    pub fn compare_exchange_u32(&self, off: u64, old: u32, new: u32) -> Result<bool, HostMemError> {
+        let o = self.check(off, 4)?;
+        if o % 4 != 0 {
+            return Err(HostMemError::OutOfRange { addr: off, len: 4 });
+        }
+        // SAFETY: in bounds and 4-byte aligned; AtomicU32 has the layout of u32.
+        let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
+        Ok(
+            a.compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok(),
+        )
     }
 }
 

@@ -5,14 +5,19 @@ use crate::caps::PCI_CFG_DATA;
 use crate::common_cfg;
 use crate::interrupt::Interrupt;
 use crate::layout::{ModernLayout, Region, REGS_BAR};
+use crate::legacy_cfg::{self, LegacyRead, LegacyWrite};
+use crate::legacy_layout::{self, LegacyLayout};
+use crate::legacy_poll::{LegacyPollEngine, PollStats};
+use crate::options::{FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess};
 use crate::pci_cfg_window::{PciCfgWindow, WindowAccess};
 use crate::registers::{Effect, Registers};
 use crate::stats::FunctionStats;
 use crate::worker::{Control, WorkerHandle};
 use epf_device::{DeviceConfig, VirtioDevice};
-use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler, SharedMemory};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
@@ -24,8 +29,10 @@ pub const TRANSPORT_FEATURES: u64 =
 /// Why a function could not be created.
 #[derive(Debug, Error)]
 pub enum FunctionError {
-    #[error("the endpoint controller cannot host a modern virtio-pci function: {0}")]
+    #[error("the endpoint controller cannot host this function: {0}")]
     Controller(#[from] EpcError),
+    #[error("{0}")]
+    Options(String),
     #[error("device declares {0} queues (1..=1024 supported)")]
     QueueCount(usize),
     #[error("queue {0} maximum size {1} is not a power of two in 1..=32768")]
@@ -41,6 +48,8 @@ pub struct Shared {
     pub(crate) interrupt: Interrupt,
     pub(crate) stats: FunctionStats,
     pub(crate) epc: Arc<dyn EndpointController>,
+    /// Signalled by the worker when a reset completes.
+    pub(crate) reset_done: Condvar,
 }
 
 impl Shared {
@@ -50,36 +59,89 @@ impl Shared {
     }
 }
 
-/// A virtio device presented to the host as a modern virtio-pci function.
+/// How the function's registers are presented.
+enum Transport {
+    Modern {
+        layout: ModernLayout,
+        pci_cfg: Mutex<PciCfgWindow>,
+        pci_cfg_offset: usize,
+    },
+    Legacy,
+}
+
+/// A virtio device presented to the host as a virtio-pci function.
 pub struct VirtioPciFunction {
     shared: Arc<Shared>,
-    layout: ModernLayout,
+    transport: Transport,
+    options: FunctionOptions,
     worker: Mutex<WorkerHandle>,
-    pci_cfg: Mutex<PciCfgWindow>,
-    pci_cfg_offset: usize,
     device_type: u32,
+    poller: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop_polling: AtomicBool,
+    poll_stats: Mutex<PollStats>,
+}
+
+/// How long a reset may take before the register engine gives up waiting for the worker.
+const RESET_WAIT: Duration = Duration::from_secs(2);
+
+fn check_options(o: &FunctionOptions, f: &epf_epc::EpcFeatures) -> Result<(), FunctionError> {
+    let err = |m: &str| Err(FunctionError::Options(m.to_string()));
+    match (o.layout, o.registers) {
+        (Layout::Modern, RegisterAccess::Poll) => {
+            return err("the modern layout cannot be polled: the host reads device_feature, queue_size and the other selector registers right after writing the selector, which only a trap can answer; use --layout legacy with --registers poll")
+        }
+        (Layout::Modern, _) if !f.vendor_capabilities => {
+            return err("this controller cannot add vendor capabilities, which the modern layout needs; use --layout legacy")
+        }
+        (_, RegisterAccess::Trap) if !f.trapped_access => {
+            return err("this controller cannot trap register accesses; use --registers poll (with --layout legacy)")
+        }
+        (_, RegisterAccess::Poll) if !f.shared_memory => {
+            return err("this controller cannot share BAR memory for polling")
+        }
+        _ => {}
+    }
+    if o.layout == Layout::Legacy && o.registers == RegisterAccess::Poll {
+        if o.notify == NotifyMode::Doorbell {
+            return err("--notify doorbell needs a doorbell at QUEUE_NOTIFY, which the legacy layout keeps inside the polled register page; use --notify poll (or --registers trap)");
+        }
+        if o.irq == IrqMode::Intx {
+            return err("--irq intx needs the ISR register to clear on read, which polled memory cannot do; use --irq msix or --registers trap");
+        }
+    }
+    if o.layout == Layout::Modern && o.notify == NotifyMode::Poll {
+        return err("--notify poll is implemented for the legacy layout (--layout legacy --registers poll); the modern layout uses a doorbell or trapped notify area");
+    }
+    match o.irq {
+        IrqMode::Msix if f.irq.msix_vectors == 0 => err("this controller has no MSI-X; use --irq intx"),
+        IrqMode::Msi if f.irq.msi_vectors == 0 => {
+            err("this controller offers no MSI (the vfio-user link exposes MSI-X and INTx); use --irq msix or --irq intx")
+        }
+        IrqMode::Msi => err("MSI is not implemented by the virtio-pci function yet; use --irq msix or --irq intx"),
+        IrqMode::Intx if !f.irq.intx => err("this controller has no INTx"),
+        _ => Ok(()),
+    }
 }
 
 impl VirtioPciFunction {
-    /// Lays out `device` as a modern virtio-pci function on `epc`, starts its worker and
-    /// presents it to the host.
+    /// Lays out `device` as a modern virtio-pci function on `epc` (trapped registers,
+    /// MSI-X), starts its worker and presents it to the host.
     pub fn start(
         epc: Arc<dyn EndpointController>,
         device: Box<dyn VirtioDevice>,
     ) -> Result<Arc<Self>, FunctionError> {
+        Self::start_with(epc, device, FunctionOptions::default())
+    }
+
+    /// Like [`start`](Self::start), with explicit presentation options.
+    pub fn start_with(
+        epc: Arc<dyn EndpointController>,
+        device: Box<dyn VirtioDevice>,
+        options: FunctionOptions,
+    ) -> Result<Arc<Self>, FunctionError> {
         let features = epc.features();
-        if !features.vendor_capabilities {
-            return Err(
-                EpcError::Unsupported("vendor capabilities (needed by the modern layout)").into(),
-            );
-        }
-        if !features.trapped_access {
-            return Err(EpcError::Unsupported(
-                "trapped register access (needed by the modern layout)",
-            )
-            .into());
-        }
-        let sizes = device.queue_max_sizes();
+        check_options(&options, &features)?;
+        let mut sizes = device.queue_max_sizes();
         if sizes.is_empty() || sizes.len() > 1024 {
             return Err(FunctionError::QueueCount(sizes.len()));
         }
@@ -92,29 +154,84 @@ impl VirtioPciFunction {
         }
         let device_type = device.device_type();
         let config = DeviceConfig::new(device.initial_config());
-        let layout = ModernLayout::new(sizes.len() as u16, &features);
-        let spec = layout.function_spec(device_type);
-        let pci_cfg_offset = *capability_offsets(&spec.capabilities)
-            .last()
-            .expect("the modern layout has capabilities");
         let offered = device.device_features() | TRANSPORT_FEATURES;
+        let num_queues = sizes.len() as u16;
+        let vectors = match options.irq {
+            IrqMode::Msix => num_queues.saturating_add(1).min(features.irq.msix_vectors),
+            _ => 0,
+        };
+        let (transport, spec, regs) = match options.layout {
+            Layout::Modern => {
+                let mut layout = ModernLayout::new(num_queues, &features);
+                layout.msix_vectors = vectors;
+                let spec = layout.function_spec(device_type);
+                let pci_cfg_offset = *capability_offsets(&spec.capabilities)
+                    .last()
+                    .expect("the modern layout has capabilities");
+                let regs = Registers::new(offered, &sizes, vectors);
+                let t = Transport::Modern {
+                    layout,
+                    pci_cfg: Mutex::new(PciCfgWindow::default()),
+                    pci_cfg_offset,
+                };
+                (t, spec, regs)
+            }
+            Layout::Legacy => {
+                if options.registers == RegisterAccess::Poll {
+                    // QUEUE_NUM is memory: one size for every queue.
+                    let min = *sizes.iter().min().expect("at least one queue");
+                    sizes.iter_mut().for_each(|s| *s = min);
+                }
+                let layout = LegacyLayout {
+                    num_queues,
+                    msix_vectors: vectors,
+                    registers: options.registers,
+                };
+                let spec = layout.function_spec(device_type).ok_or_else(|| {
+                    FunctionError::Options(format!(
+                        "virtio device type {device_type} has no transitional PCI ID, so no legacy layout"
+                    ))
+                })?;
+                let regs = Registers::new_legacy(offered, &sizes, vectors);
+                (Transport::Legacy, spec, regs)
+            }
+        };
         let shared = Arc::new(Shared {
-            regs: Mutex::new(Registers::new(offered, &sizes, layout.msix_vectors)),
+            regs: Mutex::new(regs),
             config,
             interrupt: Interrupt::new(epc.clone()),
             stats: FunctionStats::new(sizes.len()),
             epc: epc.clone(),
+            reset_done: Condvar::new(),
         });
         let worker = WorkerHandle::spawn(device, shared.clone(), sizes.len())?;
         let f = Arc::new(VirtioPciFunction {
             shared,
-            layout,
+            transport,
+            options,
             worker: Mutex::new(worker),
-            pci_cfg: Mutex::new(PciCfgWindow::default()),
-            pci_cfg_offset,
             device_type,
+            poller: Mutex::new(None),
+            stop_polling: AtomicBool::new(false),
+            poll_stats: Mutex::new(PollStats::default()),
         });
         epc.start(spec, f.clone())?;
+        if options.layout == Layout::Legacy && options.registers == RegisterAccess::Poll {
+            let page = epc
+                .bar_memory(legacy_layout::REGS_BAR)
+                .ok_or(EpcError::Unsupported("shared memory behind BAR 0"))?;
+            let mut engine =
+                LegacyPollEngine::new((offered & 0xffff_ffff) as u32, num_queues, sizes[0]);
+            // Before the host can look: what it reads must already be there.
+            engine
+                .prime(&page)
+                .map_err(|e| FunctionError::Options(e.to_string()))?;
+            let me = f.clone();
+            let h = std::thread::Builder::new()
+                .name("epf-poll".into())
+                .spawn(move || me.poll_loop(page, engine))?;
+            *f.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+        }
         Ok(f)
     }
 
@@ -123,18 +240,32 @@ impl VirtioPciFunction {
         self.device_type
     }
 
+    /// The presentation options.
+    pub fn options(&self) -> FunctionOptions {
+        self.options
+    }
+
     /// Live counters.
     pub fn stats(&self) -> &FunctionStats {
         &self.shared.stats
     }
 
-    /// The device status as the driver would read it.
+    /// Counters of the polled register engine (zero unless registers are polled).
+    pub fn poll_stats(&self) -> PollStats {
+        *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device status as the driver would read it through a trap.
     pub fn status(&self) -> u8 {
         self.shared.regs().status()
     }
 
-    /// Stops the worker thread (the function stops serving queues).
+    /// Stops the poller and the worker thread (the function stops serving queues).
     pub fn stop(&self) {
+        self.stop_polling.store(true, Ordering::Release);
+        if let Some(h) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
         self.worker().stop();
     }
 
@@ -146,7 +277,33 @@ impl VirtioPciFunction {
         match effect {
             Effect::None => {}
             Effect::Activate(a) => self.worker().send(Control::Activate(a)),
-            Effect::Reset { epoch } => self.worker().send(Control::Reset { epoch }),
+            Effect::Reset { epoch } => {
+                self.worker().send(Control::Reset { epoch });
+                if self.options.layout == Layout::Legacy {
+                    // A legacy driver does not wait for the reset to finish before its next
+                    // register access: finish it before serving that access.
+                    self.wait_reset();
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until the worker has completed the pending reset.
+    fn wait_reset(&self) {
+        let deadline = Instant::now() + RESET_WAIT;
+        let mut regs = self.shared.regs();
+        while regs.reset_pending() {
+            let now = Instant::now();
+            if now >= deadline {
+                log::error!("device reset did not complete within {RESET_WAIT:?}");
+                return;
+            }
+            regs = self
+                .shared
+                .reset_done
+                .wait_timeout(regs, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -170,12 +327,131 @@ impl VirtioPciFunction {
         }
     }
 
-    fn notify(&self, off: u64) {
-        let q = off / crate::layout::NOTIFY_OFF_MULTIPLIER as u64;
-        if off % crate::layout::NOTIFY_OFF_MULTIPLIER as u64 != 0 || !self.worker().kick(q as usize)
-        {
-            log::debug!("ignored notification at {off:#x}");
+    fn kick(&self, q: usize) {
+        if !self.worker().kick(q) {
+            log::debug!("ignored notification of queue {q}");
         }
+    }
+
+    fn notify(&self, off: u64) {
+        let m = crate::layout::NOTIFY_OFF_MULTIPLIER as u64;
+        if off % m != 0 {
+            log::debug!("ignored notification at {off:#x}");
+            return;
+        }
+        self.kick((off / m) as usize);
+    }
+
+    fn legacy_read(&self, offset: u64, data: &mut [u8]) {
+        let msix = self.shared.epc.msix_enabled();
+        let regs = self.shared.regs();
+        match legacy_cfg::read(&regs, msix, offset, data) {
+            LegacyRead::Done => {}
+            LegacyRead::Isr => data[0] = self.shared.interrupt.read_isr(),
+            LegacyRead::Config(off) => self.shared.config.read(off, data),
+        }
+    }
+
+    fn legacy_write(&self, offset: u64, data: &[u8]) {
+        let msix = self.shared.epc.msix_enabled();
+        let mut regs = self.shared.regs();
+        match legacy_cfg::write(&mut regs, msix, offset, data) {
+            LegacyWrite::Effect(effect) => {
+                self.shared
+                    .interrupt
+                    .set_config_vector(regs.config_msix_vector());
+                drop(regs);
+                self.apply(effect);
+            }
+            LegacyWrite::Notify(q) => {
+                drop(regs);
+                self.kick(q as usize);
+            }
+            LegacyWrite::Ignored => log::debug!(
+                "ignored legacy register write of {} bytes at {offset:#x}",
+                data.len()
+            ),
+        }
+    }
+
+    /// The polled register engine's thread: passes over the legacy register page, spinning
+    /// while the host is active and backing off (up to `MAX_IDLE_SLEEP`) while it is idle, so
+    /// an idle device does not burn a core. Queues are also polled for buffers at every
+    /// back-off step, since a polled QUEUE_NOTIFY can merge two notifications.
+    fn poll_loop(self: Arc<Self>, page: Arc<SharedMemory>, mut engine: LegacyPollEngine) {
+        const SPIN_PASSES: u32 = 20_000;
+        const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
+        let num_queues = self.shared.stats.queues.len();
+        let mut idle_passes = 0u32;
+        let mut sleep = Duration::from_micros(1);
+        let mut last_publish = Instant::now();
+        while !self.stop_polling.load(Ordering::Acquire) {
+            let msix = self.shared.epc.msix_enabled();
+            let r = {
+                let mut regs = self.shared.regs();
+                engine
+                    .sync_config(
+                        &page,
+                        msix,
+                        self.shared.config.generation(),
+                        &self.config_bytes(),
+                    )
+                    .and_then(|()| engine.poll(&page, &mut regs, msix))
+            };
+            let pass = match r {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!("legacy poll: register page access failed: {e}");
+                    return;
+                }
+            };
+            if let Some(effect) = pass.reset {
+                self.shared.interrupt.reset();
+                self.apply(effect);
+                // The page's read-only registers stay valid across resets; the device
+                // configuration copy is rewritten for the next driver.
+                let _ = engine.prime(&page);
+            }
+            if let Some(effect) = pass.activate {
+                {
+                    let regs = self.shared.regs();
+                    self.shared
+                        .interrupt
+                        .set_config_vector(regs.config_msix_vector());
+                }
+                self.apply(effect);
+            }
+            if let Some(q) = pass.notify {
+                self.kick(q as usize);
+            }
+            if last_publish.elapsed() > Duration::from_millis(100) {
+                *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats;
+                last_publish = Instant::now();
+            }
+            if pass.activity {
+                idle_passes = 0;
+                sleep = Duration::from_micros(1);
+                continue;
+            }
+            idle_passes = idle_passes.saturating_add(1);
+            if idle_passes < SPIN_PASSES {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Idle: poll the queues themselves, then sleep a little longer each time.
+            for q in 0..num_queues {
+                self.worker().kick(q);
+            }
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(MAX_IDLE_SLEEP);
+        }
+        *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats;
+    }
+
+    fn config_bytes(&self) -> Vec<u8> {
+        let mut b = vec![0u8; self.shared.config.len()];
+        self.shared.config.read(0, &mut b);
+        b
     }
 }
 
@@ -185,7 +461,11 @@ impl FunctionHandler for VirtioPciFunction {
         if bar != REGS_BAR {
             return;
         }
-        match self.layout.region_at(offset) {
+        let layout = match &self.transport {
+            Transport::Modern { layout, .. } => layout,
+            Transport::Legacy => return self.legacy_read(offset, data),
+        };
+        match layout.region_at(offset) {
             Some((Region::Common, off)) => {
                 let regs = self.shared.regs();
                 common_cfg::read(&regs, self.shared.config.generation(), off, data)
@@ -207,7 +487,11 @@ impl FunctionHandler for VirtioPciFunction {
         if bar != REGS_BAR {
             return;
         }
-        match self.layout.region_at(offset) {
+        let layout = match &self.transport {
+            Transport::Modern { layout, .. } => layout,
+            Transport::Legacy => return self.legacy_write(offset, data),
+        };
+        match layout.region_at(offset) {
             Some((Region::Common, off)) => self.common_write(off, data),
             Some((Region::Notify, off)) => self.notify(off),
             Some((Region::Device, off)) => {
@@ -218,21 +502,36 @@ impl FunctionHandler for VirtioPciFunction {
     }
 
     fn config_read(&self, offset: usize, data: &mut [u8]) {
-        let Some(rel) = offset.checked_sub(self.pci_cfg_offset) else {
+        let Transport::Modern {
+            pci_cfg,
+            pci_cfg_offset,
+            ..
+        } = &self.transport
+        else {
             return;
         };
-        let w = *self.pci_cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rel) = offset.checked_sub(*pci_cfg_offset) else {
+            return;
+        };
+        let w = *pci_cfg.lock().unwrap_or_else(|e| e.into_inner());
         if let WindowAccess::Bar { bar, offset, len } = w.read(rel, data) {
             self.bar_read(bar, offset, &mut data[..len]);
         }
     }
 
     fn config_write(&self, offset: usize, data: &[u8]) {
-        let Some(rel) = offset.checked_sub(self.pci_cfg_offset) else {
+        let Transport::Modern {
+            pci_cfg,
+            pci_cfg_offset,
+            ..
+        } = &self.transport
+        else {
             return;
         };
-        let access = self
-            .pci_cfg
+        let Some(rel) = offset.checked_sub(*pci_cfg_offset) else {
+            return;
+        };
+        let access = pci_cfg
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write(rel, data);
@@ -245,7 +544,9 @@ impl FunctionHandler for VirtioPciFunction {
     fn link_reset(&self) {
         let effect = self.shared.regs().reset();
         self.shared.interrupt.reset();
-        *self.pci_cfg.lock().unwrap_or_else(|e| e.into_inner()) = PciCfgWindow::default();
+        if let Transport::Modern { pci_cfg, .. } = &self.transport {
+            *pci_cfg.lock().unwrap_or_else(|e| e.into_inner()) = PciCfgWindow::default();
+        }
         self.apply(effect);
     }
 }

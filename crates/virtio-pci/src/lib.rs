@@ -19,12 +19,18 @@ pub mod common_cfg;
 pub mod function;
 pub mod interrupt;
 pub mod layout;
+pub mod legacy_cfg;
+pub mod legacy_layout;
+pub mod legacy_poll;
+pub mod options;
 pub mod pci_cfg_window;
 pub mod registers;
 pub mod stats;
 pub mod worker;
 
-pub use function::VirtioPciFunction;
+pub use function::{FunctionError, VirtioPciFunction};
+pub use legacy_poll::PollStats;
+pub use options::{FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess};
 pub use stats::{FunctionStats, QueueStats};
 
 /// "No MSI-X vector" in queue_msix_vector / config_msix_vector.

@@ -114,6 +114,28 @@ pub struct Registers {
     reset_pending: Option<u8>,
     /// An activation was handed to the worker since the last reset.
     active: bool,
+    /// Legacy (virtio 0.9.5) semantics: one 32-bit feature word, no FEATURES_OK, no
+    /// VERSION_1, queues configured by page frame number.
+    legacy: bool,
+}
+
+/// Legacy interface: ring addresses are page frame numbers of this shift...
+pub const LEGACY_QUEUE_ADDR_SHIFT: u32 = 12;
+/// ...and the used ring starts at the next multiple of this alignment.
+pub const LEGACY_VRING_ALIGN: u64 = 4096;
+
+/// The split-ring layout a legacy driver uses for a queue of `size` at page frame `pfn`
+/// (virtio 0.9.5 / virtio 1.2 section 2.7.2 "Legacy Interfaces: A Note on Virtqueue Layout").
+pub fn legacy_queue_config(pfn: u32, size: u16) -> QueueConfig {
+    let desc = (pfn as u64) << LEGACY_QUEUE_ADDR_SHIFT;
+    let avail = desc + 16 * size as u64;
+    let avail_end = avail + 6 + 2 * size as u64;
+    QueueConfig {
+        size,
+        desc_addr: desc,
+        avail_addr: avail,
+        used_addr: avail_end.div_ceil(LEGACY_VRING_ALIGN) * LEGACY_VRING_ALIGN,
+    }
 }
 
 impl Registers {
@@ -135,7 +157,20 @@ impl Registers {
             epoch: 0,
             reset_pending: None,
             active: false,
+            legacy: false,
         }
+    }
+
+    /// The same device behind the legacy interface: only the low 32 feature bits exist.
+    pub fn new_legacy(device_features: u64, queue_max_sizes: &[u16], num_vectors: u16) -> Self {
+        let mut r = Self::new(device_features & 0xffff_ffff, queue_max_sizes, num_vectors);
+        r.legacy = true;
+        r
+    }
+
+    /// Whether this register file has legacy semantics.
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
     }
 
     fn clear(&mut self) {
@@ -262,7 +297,7 @@ impl Registers {
         !self.driver_features_beyond
             && self.driver_features_high.iter().all(|&w| w == 0)
             && self.driver_features & !self.device_features == 0
-            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+            && (self.legacy || self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0)
     }
 
     /// The driver writes `device_status`.
@@ -280,9 +315,12 @@ impl Registers {
             new &= !FEATURES_OK;
         }
         self.status = new;
+        // A legacy driver has no FEATURES_OK: its features are final at DRIVER_OK, and are
+        // checked there (a legacy device has no way to refuse them; it stays inactive).
+        let features_final = new & FEATURES_OK != 0 || (self.legacy && self.features_acceptable());
         if new & DRIVER_OK != 0
             && old & DRIVER_OK == 0
-            && new & FEATURES_OK != 0
+            && features_final
             && new & (NEEDS_RESET | FAILED) == 0
             && !self.active
         {
@@ -393,6 +431,10 @@ impl Registers {
 
     /// Sets the selected queue's vector; refused (reads NO_VECTOR) if we don't have it.
     pub fn set_queue_msix_vector(&mut self, v: u16) {
+        if self.legacy {
+            // Legacy drivers assign the vector after writing QUEUE_PFN (which enables).
+            return self.set_queue_msix_vector_at(self.queue_select, v);
+        }
         let v = self.valid_vector(v);
         if let Some(q) = self.selected_configurable() {
             q.msix_vector = v;
@@ -443,6 +485,48 @@ impl Registers {
                 Half::High => (*r & 0xffff_ffff) | (v << 32),
                 Half::Full => v,
             };
+        }
+    }
+
+    /// Legacy QUEUE_PFN of the selected queue (0 when not configured).
+    pub fn queue_pfn(&self) -> u32 {
+        self.selected()
+            .filter(|q| q.enabled)
+            .map_or(0, |q| (q.desc >> LEGACY_QUEUE_ADDR_SHIFT) as u32)
+    }
+
+    /// Legacy QUEUE_PFN write for the selected queue.
+    pub fn set_queue_pfn(&mut self, pfn: u32) {
+        self.set_queue_pfn_at(self.queue_select, pfn)
+    }
+
+    /// Legacy QUEUE_PFN write for queue `index` (the polled engine attributes writes itself):
+    /// a non-zero frame configures and enables the queue at its fixed size, zero disables it.
+    pub fn set_queue_pfn_at(&mut self, index: u16, pfn: u32) {
+        if self.writes_blocked() || self.status & DRIVER_OK != 0 {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(index as usize) {
+            if pfn == 0 {
+                q.enabled = false;
+                return;
+            }
+            let c = legacy_queue_config(pfn, q.size);
+            q.desc = c.desc_addr;
+            q.driver = c.avail_addr;
+            q.device = c.used_addr;
+            q.enabled = true;
+        }
+    }
+
+    /// The polled engine assigns queue `index`'s vector directly.
+    pub fn set_queue_msix_vector_at(&mut self, index: u16, v: u16) {
+        let v = self.valid_vector(v);
+        if self.writes_blocked() || self.status & DRIVER_OK != 0 {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(index as usize) {
+            q.msix_vector = v;
         }
     }
 
@@ -600,6 +684,40 @@ mod tests {
         // An idle function resets at once.
         assert_eq!(r.reset(), Effect::None);
         assert_eq!(r.status(), 0);
+    }
+
+    #[test]
+    fn legacy_activates_at_driver_ok_with_pfn_configured_rings() {
+        let mut r = Registers::new_legacy((1 << 32) | (1 << 28) | 1, &[256, 256], 3);
+        assert_eq!(
+            r.device_features(),
+            (1 << 28) | 1,
+            "legacy has one feature word"
+        );
+        r.set_status(1);
+        r.set_status(3);
+        r.set_driver_feature_word(1 << 28);
+        r.set_queue_select(1);
+        r.set_queue_pfn(0x12345);
+        assert_eq!(r.queue_pfn(), 0x12345);
+        r.set_queue_select(0);
+        assert_eq!(r.queue_pfn(), 0);
+        let Effect::Activate(a) = r.set_status(7) else {
+            panic!("legacy DRIVER_OK must activate without FEATURES_OK")
+        };
+        assert_eq!(a.queues[0], None);
+        let c = a.queues[1].unwrap();
+        assert_eq!(c.desc_addr, 0x12345000);
+        assert_eq!(c.avail_addr, 0x12345000 + 4096);
+        // avail ends at +4096 + 6 + 512 = 0x1206; used is page aligned after it.
+        assert_eq!(c.used_addr, 0x12345000 + 0x2000);
+        let mut r = Registers::new_legacy(1, &[8], 1);
+        r.set_driver_feature_word(2);
+        assert_eq!(
+            r.set_status(7),
+            Effect::None,
+            "unoffered legacy features: no activation"
+        );
     }
 
     #[test]

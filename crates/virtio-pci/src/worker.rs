@@ -245,6 +245,7 @@ impl Worker {
         self.shared.interrupt.reset();
         self.shared.stats.resets.fetch_add(1, Ordering::Relaxed);
         self.shared.regs().reset_complete(epoch);
+        self.shared.reset_done.notify_all();
     }
 
     fn needs_reset(&mut self, epoch: u64, err: &DeviceError) {
