@@ -22,6 +22,8 @@
 #                     May be given several times.
 #   --verbose         stream the serial console to stderr while running
 #   --quiet           do not print output.log to stdout at the end
+#   --allow-reboot    a guest reboot restarts the guest (run.sh runs again; it can tell
+#                     by a marker file it leaves in /job) instead of ending the run
 #   -- ARGS...        appended verbatim to the QEMU command line, e.g.
 #                     -device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1
 #                     -device '{"driver":"vfio-user-pci","bus":"rp1",
@@ -72,6 +74,15 @@ inner() {
 	mount -t sysfs -o ro sysfs "$CHROOT/sys"
 	mount -t tmpfs -o mode=0755 tmpfs "$CHROOT/dev"
 	for n in null zero full random urandom; do
+		touch "$CHROOT/dev/$n"
+		mount --bind "/dev/$n" "$CHROOT/dev/$n"
+	done
+	# /dev/net/tun and /dev/vhost-net, when the host has them, for QEMU's own tap netdevs
+	# (-netdev tap,ifname=...). The TAP must exist in QEMU's network namespace: run
+	# run-guest.sh under `ip netns exec NS` for that.
+	for n in net/tun vhost-net; do
+		[[ -c /dev/$n ]] || continue
+		mkdir -p "$(dirname "$CHROOT/dev/$n")"
 		touch "$CHROOT/dev/$n"
 		mount --bind "/dev/$n" "$CHROOT/dev/$n"
 	done
@@ -135,7 +146,7 @@ usage_error() {
 	exit 2
 }
 
-JOB="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0
+JOB="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot
 SOCKET_DIRS=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -147,6 +158,7 @@ while [[ $# -gt 0 ]]; do
 	--socket-dir) SOCKET_DIRS+=("${2:?--socket-dir needs a value}"); shift 2 ;;
 	--verbose) VERBOSE=1; shift ;;
 	--quiet) QUIET=1; shift ;;
+	--allow-reboot) REBOOT=""; shift ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument '$1' (extra QEMU arguments go after --)" ;;
@@ -191,7 +203,7 @@ P9OPTS=security_model=passthrough,multidevs=remap
 QEMU_ARGS=(
 	qemu-system-x86_64
 	-accel tcg -cpu max -m "$MEM" -smp "$SMP"
-	-nodefaults -nographic -no-reboot -monitor none
+	-nodefaults -nographic ${REBOOT:+"$REBOOT"} -monitor none
 	-object "memory-backend-memfd,id=mem,size=${MEM}M,share=on"
 	-machine q35,memory-backend=mem
 	-kernel "$NS_DIR/boot/vmlinuz" -initrd "$NS_DIR/boot/initrd"

@@ -4,7 +4,9 @@
 //! * [`rng`]: virtio-rng (entropy source, device ID 4), fed by the OS CSPRNG;
 //! * [`console`]: virtio-console (device ID 3), one port connected to a byte stream.
 
+pub mod blk;
 pub mod console;
+pub mod net;
 pub mod rng;
 
 pub use console::ConsoleDevice;

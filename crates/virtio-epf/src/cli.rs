@@ -25,6 +25,68 @@ pub struct Common {
     /// Also write the counters to this file about once a second (replaced atomically).
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+/// What the endpoint controller can do: these model a bare controller (no traps, few
+/// outbound windows, polling) so the device is tested the way real hardware will run it.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Endpoint mode")]
+pub struct EndpointArgs {
+    /// Register layout: `modern` (virtio 1.x, five vendor capabilities) or `legacy`
+    /// (virtio 0.9.5 registers, transitional PCI IDs) for controllers that cannot add
+    /// vendor capabilities.
+    #[arg(long, default_value = "modern", value_parser = ["modern", "legacy"])]
+    pub layout: String,
+    /// `trap`: each register access is answered synchronously. `poll`: registers are plain
+    /// shared memory the endpoint polls (zero trapped accesses; legacy layout only).
+    #[arg(long, default_value = "trap", value_parser = ["trap", "poll"])]
+    pub registers: String,
+    /// `doorbell`: a host write to the notify area raises an event. `poll`: the endpoint
+    /// polls for notifications with adaptive back-off (needs --registers poll).
+    #[arg(long, default_value = "doorbell", value_parser = ["doorbell", "poll"])]
+    pub notify: String,
+    /// Interrupts towards the host: `msix`, `msi` or `intx`.
+    #[arg(long, default_value = "msix", value_parser = ["msix", "msi", "intx"])]
+    pub irq: String,
+    /// Reach host memory through at most N outbound windows at a time (mapped on demand,
+    /// LRU); 0 means unlimited.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub host_windows: usize,
+    /// Size (and alignment) of each outbound window, a power of two >= 4096.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    pub window_size: u64,
+}
+
+impl EndpointArgs {
+    /// The function options these arguments select.
+    pub fn function_options(&self) -> epf_virtio_pci::FunctionOptions {
+        use epf_virtio_pci::{IrqMode, Layout, NotifyMode, RegisterAccess};
+        epf_virtio_pci::FunctionOptions {
+            layout: if self.layout == "legacy" {
+                Layout::Legacy
+            } else {
+                Layout::Modern
+            },
+            registers: if self.registers == "poll" {
+                RegisterAccess::Poll
+            } else {
+                RegisterAccess::Trap
+            },
+            notify: if self.notify == "poll" {
+                NotifyMode::Poll
+            } else {
+                NotifyMode::Doorbell
+            },
+            irq: match self.irq.as_str() {
+                "msi" => IrqMode::Msi,
+                "intx" => IrqMode::Intx,
+                _ => IrqMode::Msix,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,12 +108,31 @@ pub enum DeviceCmd {
         #[arg(long, value_name = "stdio|unix:PATH", value_parser = backend)]
         backend: ConsoleBackendArg,
     },
+    /// virtio-blk (block device, device ID 2, PCI 1af4:1042): a raw disk image (regular file
+    /// or block device) the host sees as /dev/vdX.
+    Blk {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        blk: BlkArgs,
+    },
+    /// virtio-net (NIC, device ID 1, PCI 1af4:1041): the host's network interface, whose wire
+    /// on the endpoint is an existing TAP device.
+    Net {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        net: NetArgs,
+    },
 }
 
 impl DeviceCmd {
     pub fn common(&self) -> &Common {
         match self {
-            DeviceCmd::Rng { common, .. } | DeviceCmd::Console { common, .. } => common,
+            DeviceCmd::Rng { common, .. }
+            | DeviceCmd::Console { common, .. }
+            | DeviceCmd::Blk { common, .. }
+            | DeviceCmd::Net { common, .. } => common,
         }
     }
 }
@@ -79,6 +160,109 @@ fn queue_size(s: &str) -> Result<u16, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not a power of two in 1..=32768"))
+    }
+}
+
+/// Options of the `blk` subcommand.
+#[derive(Debug, Args)]
+pub struct BlkArgs {
+    /// The raw image: a regular file or a block device; its size (a multiple of 512) is the
+    /// disk's size.
+    #[arg(long, value_name = "PATH")]
+    pub image: PathBuf,
+    /// Serve the image read-only (the host sees a read-only disk; writes fail).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Identifier the host reads as the disk's serial (GET_ID; at most 20 bytes).
+    #[arg(long, value_name = "ID", value_parser = blk_serial)]
+    pub serial: Option<String>,
+    /// Request queues offered (the host uses one per CPU, up to this many).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queues: u16,
+    /// Bypass the endpoint's page cache (O_DIRECT) for aligned I/O, like QEMU's cache=none.
+    #[arg(long)]
+    pub direct: bool,
+    /// Entries per request queue (power of two, 4..=1024).
+    #[arg(long, default_value_t = 256, value_parser = blk_queue_size)]
+    pub queue_size: u16,
+    /// I/O engine: `io-uring` (small requests submitted from the device thread, large ones,
+    /// flushes and discards on a thread pool), or `threads` (a pool doing blocking I/O for
+    /// everything). io-uring falls back to threads where the kernel refuses it.
+    #[arg(long, default_value = "io-uring", value_name = "io-uring|threads")]
+    pub engine: epf_devices::blk::engine::EngineKind,
+    /// I/O threads (blocking requests in flight at once).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub io_threads: u16,
+}
+
+impl BlkArgs {
+    /// The device options these arguments describe.
+    pub fn options(&self) -> epf_devices::blk::BlkOptions {
+        let mut o = epf_devices::blk::BlkOptions::new(&self.image);
+        o.image.read_only = self.read_only;
+        o.image.direct = self.direct;
+        o.serial = self.serial.clone();
+        o.num_queues = self.queues;
+        o.queue_size = self.queue_size;
+        o.engine = self.engine;
+        o.threads = usize::from(self.io_threads);
+        o
+    }
+}
+
+fn blk_serial(s: &str) -> Result<String, String> {
+    if s.len() <= 20 {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{} bytes long, at most 20 fit", s.len()))
+    }
+}
+
+fn blk_queue_size(s: &str) -> Result<u16, String> {
+    let v: u16 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_power_of_two() && (4..=1024).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a power of two in 4..=1024"))
+    }
+}
+
+/// Options of the `net` subcommand. MAC and MTU are checked when the device is built, so a
+/// bad value is a one-line error like a missing TAP.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// The TAP device (must exist in this network namespace; create it with
+    /// `ip tuntap add dev NAME mode tap [multi_queue]`, multi_queue for --queues > 1).
+    #[arg(long, value_name = "NAME")]
+    pub tap: String,
+    /// Station address the host sees (default: 02:xx:xx:xx:xx:xx derived from the TAP name).
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Queue pairs (the host's `ethtool -L combined` chooses how many it uses), 1..=256.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u16,
+    /// MTU offered to the host, 68..=65521 (default: the TAP's MTU).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Entries per virtqueue (power of two, at most 32768).
+    #[arg(long, default_value_t = 256, value_parser = queue_size)]
+    pub queue_size: u16,
+}
+
+impl NetArgs {
+    /// The device options these arguments describe; a bad MAC is a one-line error.
+    pub fn options(&self) -> Result<epf_devices::net::NetOptions, String> {
+        let mut o = epf_devices::net::NetOptions::new(&self.tap);
+        o.mac = self
+            .mac
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e: epf_devices::net::MacError| e.to_string())?;
+        o.queue_pairs = self.queues;
+        o.mtu = self.mtu;
+        o.queue_size = self.queue_size;
+        Ok(o)
     }
 }
 
@@ -130,5 +314,46 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["virtio-epf", "rng"]).is_err());
+    }
+
+    #[test]
+    fn parses_blk_options() {
+        let c = Cli::try_parse_from([
+            "virtio-epf",
+            "blk",
+            "--vfio-user",
+            "/x",
+            "--image",
+            "/img",
+            "--read-only",
+            "--serial",
+            "S1",
+            "--queues",
+            "4",
+            "--direct",
+        ])
+        .unwrap();
+        let DeviceCmd::Blk { blk, .. } = c.device else {
+            panic!("not blk")
+        };
+        let o = blk.options();
+        assert_eq!(o.image.path, std::path::Path::new("/img"));
+        assert!(o.image.read_only && o.image.direct);
+        assert_eq!(
+            (o.serial.as_deref(), o.num_queues, o.queue_size),
+            (Some("S1"), 4, 256)
+        );
+        assert_eq!(o.engine, epf_devices::blk::engine::EngineKind::IoUring);
+        let base = ["virtio-epf", "blk", "--vfio-user", "/x", "--image", "/i"];
+        for bad in [
+            &["--serial", "123456789012345678901"][..],
+            &["--queues", "65"],
+            &["--queue-size", "2"],
+            &["--engine", "spdk"],
+        ] {
+            let args: Vec<&str> = base.iter().chain(bad.iter()).copied().collect();
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["virtio-epf", "blk", "--vfio-user", "/x"]).is_err());
     }
 }

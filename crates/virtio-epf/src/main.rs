@@ -9,8 +9,10 @@ mod cli;
 use clap::Parser;
 use cli::{Cli, ConsoleBackendArg, DeviceCmd};
 use epf_device::VirtioDevice;
+use epf_devices::blk::BlkDevice;
 use epf_devices::console::{Backend, DEFAULT_PIPE_BYTES};
 use epf_devices::{ConsoleDevice, RngDevice};
+use epf_epc::{EndpointController, OutboundWindows, WindowLimited};
 use epf_vfio_user::VfioUserController;
 use epf_virtio_pci::VirtioPciFunction;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -18,8 +20,11 @@ use signal_hook::iterator::Signals;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// One line of device-specific counters, for devices that export them (blk).
+static DEVICE_STATS: OnceLock<Box<dyn Fn() -> String + Send + Sync>> = OnceLock::new();
 
 fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
     Ok(match cmd {
@@ -34,6 +39,26 @@ fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
                 ConsoleDevice::new(b, DEFAULT_PIPE_BYTES)
                     .map_err(|e| format!("cannot start console backend: {e}"))?,
             )
+        }
+        DeviceCmd::Blk { blk, .. } => {
+            let dev = BlkDevice::open(&blk.options())?;
+            log::info!(
+                "blk: image {} ({} bytes{}), engine {}",
+                blk.image.display(),
+                dev.capacity_bytes(),
+                if blk.read_only { ", read-only" } else { "" },
+                dev.engine_kind()
+            );
+            let stats = dev.stats_handle();
+            let _ = DEVICE_STATS.set(Box::new(move || stats.summary()));
+            Box::new(dev)
+        }
+        DeviceCmd::Net { net, .. } => {
+            let dev =
+                epf_devices::net::NetDevice::new(&net.options()?).map_err(|e| e.to_string())?;
+            let stats = dev.counters();
+            let _ = DEVICE_STATS.set(Box::new(move || stats.summary().trim_end().to_string()));
+            Box::new(dev)
         }
     })
 }
@@ -52,7 +77,35 @@ fn stats_text(f: &VirtioPciFunction, c: &VfioUserController) -> String {
         s.dma_unmaps,
         s.irqs_raised,
         s.protocol_errors
-    )
+    ) + &endpoint_stats(f)
+        + &DEVICE_STATS.get().map(|f| f() + "\n").unwrap_or_default()
+}
+
+/// The outbound windows, when `--host-windows` limits them.
+static WINDOWS: OnceLock<Arc<OutboundWindows>> = OnceLock::new();
+
+/// Counters of the endpoint-mode machinery: outbound windows and the polled register engine.
+fn endpoint_stats(f: &VirtioPciFunction) -> String {
+    let mut out = String::new();
+    if let Some(w) = WINDOWS.get() {
+        let s = w.stats();
+        out += &format!(
+            "windows: mapped={} maps={} unmaps={} hits={} misses={}\n",
+            w.mapped(),
+            s.maps,
+            s.unmaps,
+            s.hits,
+            s.misses
+        );
+    }
+    if f.options().registers == epf_virtio_pci::RegisterAccess::Poll {
+        let p = f.poll_stats();
+        out += &format!(
+            "poll: passes={} pfns={} resets={} inferred_resets={} activations={} notifies={} uncertain_vectors={} order_violations={}\n",
+            p.passes, p.pfns, p.resets, p.inferred_resets, p.activations, p.notifies, p.uncertain_vectors, p.order_violations
+        );
+    }
+    out
 }
 
 fn write_stats_file(path: &Path, text: &str) {
@@ -71,12 +124,27 @@ fn run(cli: Cli) -> Result<(), String> {
             return Err(format!("socket directory {} does not exist", dir.display()));
         }
     }
-    let controller = VfioUserController::new(&socket).map_err(|e| e.to_string())?;
+    // The device first: a bad image (or other device argument) is reported before the
+    // socket is created.
     let device = build_device(&cli.device)?;
-    let function = VirtioPciFunction::start(controller.clone(), device).map_err(|e| {
-        controller.shutdown();
-        e.to_string()
-    })?;
+    let controller = VfioUserController::new(&socket).map_err(|e| e.to_string())?;
+    let mode = &common.endpoint;
+    let epc: Arc<dyn EndpointController> = if mode.host_windows > 0 {
+        let w = WindowLimited::new(controller.clone(), mode.host_windows, mode.window_size)
+            .map_err(|e| {
+                controller.shutdown();
+                e.to_string()
+            })?;
+        let _ = WINDOWS.set(w.windows().clone());
+        Arc::new(w)
+    } else {
+        controller.clone()
+    };
+    let function =
+        VirtioPciFunction::start_with(epc, device, mode.function_options()).map_err(|e| {
+            controller.shutdown();
+            e.to_string()
+        })?;
     let server = controller
         .spawn()
         .map_err(|e| format!("cannot start the vfio-user server thread: {e}"))?;

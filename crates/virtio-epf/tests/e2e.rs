@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{pattern, Daemon, Guest};
 
 /// Checks shared by every device: IDs, driver bound, VERSION_1 negotiated, MSI-X in use.
@@ -69,77 +69,19 @@ echo "rebound 10 times"
     assert!(!socket.exists(), "socket file not removed on SIGTERM");
 }
 
-fn wait_for_path(p: &std::path::Path) {
-    let t = Instant::now();
-    while !p.exists() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{} never appeared",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn console_moves_a_mebibyte_each_way_byte_identical() {
     const LEN: usize = 1 << 20;
-    let tmp = support::scratch("console-backend");
-    let backend = tmp.join("console.sock");
-    let d = Daemon::start(
+    let (d, backend) = support::console_daemon("console", &[]);
+    support::console_roundtrip(
+        &Guest::new(&[&d]),
         "console",
-        "console",
-        &["--backend", &format!("unix:{}", backend.display())],
+        &backend,
+        "0x1af4:0x1043",
+        LEN,
+        COMMON_CHECKS,
+        IRQ_CHECK,
     );
-    wait_for_path(&backend);
-    let stream = UnixStream::connect(&backend).expect("connect to console backend");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(200)))
-        .unwrap();
-    let to_backend = pattern(LEN, 1);
-    let to_guest = pattern(LEN, 2);
-    let expected_in_guest = to_guest.clone();
-    let script = format!(
-        r#"
-addr=$(pci_addr 0x1af4:0x1043) || fail "no 1af4:1043 function"
-echo "console function at $addr"
-{COMMON_CHECKS}
-[ -c /dev/hvc0 ] || fail "no /dev/hvc0"
-# One descriptor held open for the whole transfer: a tty's settings reset on last close.
-exec 3<>/dev/hvc0
-stty -F /dev/hvc0 raw -echo
-cat /job/to_backend.bin >&3 || fail "write to hvc0"
-echo "sent {LEN} bytes"
-head -c {LEN} <&3 > /job/recv.bin || fail "read from hvc0"
-check "received {LEN} bytes" [ "$(wc -c < /job/recv.bin)" = {LEN} ]
-{IRQ_CHECK}
-"#
-    );
-    let guest = Guest::new(&[&d]).spawn("console", &script, &[("to_backend.bin", &to_backend)]);
-    // The backend side runs beside the guest: receive 1 MiB, then answer with 1 MiB.
-    let mut backend_side = stream.try_clone().unwrap();
-    let peer = std::thread::spawn(move || -> Result<(), String> {
-        let mut got = vec![0u8; LEN];
-        backend_side
-            .read_exact(&mut got)
-            .map_err(|e| format!("backend did not receive 1 MiB: {e}"))?;
-        if got != to_backend {
-            return Err("guest->backend data differs".into());
-        }
-        backend_side
-            .write_all(&to_guest)
-            .map_err(|e| format!("send to guest: {e}"))
-    });
-    let run = guest.wait();
-    // Unblocks the peer if the guest gave up early.
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    let peer = peer.join().unwrap();
-    println!("{}", run.output);
-    run.assert_ok();
-    peer.unwrap();
-    let recv = std::fs::read(run.job.join("recv.bin")).unwrap();
-    assert_eq!(recv.len(), LEN);
-    assert!(recv == expected_in_guest, "backend->guest data differs");
     let stats = d.stats_text();
     println!("{stats}");
     assert!(Daemon::counter(&stats, "queue 1", "bytes") >= LEN as u64);

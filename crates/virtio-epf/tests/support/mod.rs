@@ -191,6 +191,8 @@ pub struct Guest<'a> {
     pub mem: u32,
     pub timeout: u32,
     pub append: String,
+    /// A guest reboot restarts the guest (run.sh runs again) instead of ending the run.
+    pub allow_reboot: bool,
 }
 
 impl<'a> Guest<'a> {
@@ -201,6 +203,7 @@ impl<'a> Guest<'a> {
             mem: 1024,
             timeout: 240,
             append: String::new(),
+            allow_reboot: false,
         }
     }
 
@@ -228,6 +231,9 @@ impl<'a> Guest<'a> {
             .args(["--timeout", &self.timeout.to_string()]);
         if !self.append.is_empty() {
             cmd.args(["--append", &self.append]);
+        }
+        if self.allow_reboot {
+            cmd.arg("--allow-reboot");
         }
         for d in &self.daemons {
             cmd.arg("--socket-dir").arg(&d.dir);
@@ -317,4 +323,279 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+// ---- Network namespaces (virtio-net tests) --------------------------------------------------
+
+/// A network namespace created for one test, removed (with its TAPs) when dropped. Every
+/// address a network test uses lives in here; nothing is sent anywhere else.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// Creates `epf-<pid>-<n>-<tag>` with `lo` up.
+    pub fn new(tag: &str) -> NetNs {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "epf-{}-{}-{tag}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = NetNs { name };
+        run_ok(Command::new("ip").args(["netns", "add", &ns.name]));
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// A command running inside the namespace (`ip netns exec NS program ...`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// `ip ARGS` inside the namespace, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        run_ok(self.command("ip").args(args));
+    }
+
+    /// Creates TAP `name` (vnet_hdr; multi-queue if asked) with `mtu` and address `cidr`, up.
+    pub fn add_tap(&self, name: &str, multi_queue: bool, mtu: u32, cidr: &str) {
+        let mut args = vec!["tuntap", "add", "dev", name, "mode", "tap", "vnet_hdr"];
+        if multi_queue {
+            args.push("multi_queue");
+        }
+        self.ip(&args);
+        self.ip(&["link", "set", name, "mtu", &mtu.to_string()]);
+        self.ip(&["addr", "add", cidr, "dev", name]);
+        self.ip(&["link", "set", name, "up"]);
+    }
+
+    /// A counter of interface `dev` from sysfs as seen inside the namespace.
+    pub fn dev_stat(&self, dev: &str, stat: &str) -> u64 {
+        let out = self
+            .command("cat")
+            .arg(format!("/sys/class/net/{dev}/statistics/{stat}"))
+            .output()
+            .expect("run cat in netns");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no {stat} for {dev}: {out:?}"))
+    }
+
+    /// Starts `harness/peer.sh ARGS` (a tool of the guest's chroot) in the namespace, stdout
+    /// and stderr to `log`.
+    pub fn spawn_peer(&self, args: &[&str], log: &Path) -> Peer {
+        let f = std::fs::File::create(log).expect("peer log");
+        let child = self
+            .command(repo().join("harness/peer.sh"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("start harness/peer.sh");
+        Peer {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Runs `cmd`, panicking with its output if it fails.
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A peer process started with [`NetNs::spawn_peer`]; killed when dropped.
+pub struct Peer {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Peer {
+    /// Waits up to `timeout` for the peer to exit; returns its log, or `None` on timeout
+    /// (the peer is then killed).
+    pub fn wait(mut self, timeout: Duration) -> Option<String> {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Some(std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The peer's output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    /// Like [`Daemon::start`], with the daemon running inside network namespace `ns`.
+    pub fn start_in(ns: &NetNs, name: &str, device: &str, args: &[&str]) -> Daemon {
+        let dir = scratch(name);
+        let socket = dir.join("ep.sock");
+        let stats = dir.join("stats.txt");
+        let log = dir.join("daemon.log");
+        let child = ns
+            .command(env!("CARGO_BIN_EXE_virtio-epf"))
+            .arg(device)
+            .arg("--vfio-user")
+            .arg(&socket)
+            .arg("--stats-file")
+            .arg(&stats)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("daemon.stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn virtio-epf in netns");
+        let mut d = Daemon {
+            child: Some(child),
+            dir,
+            socket,
+            stats,
+            log,
+        };
+        let t = Instant::now();
+        while !d.socket.exists() {
+            assert!(d.alive(), "virtio-epf exited early:\n{}", d.log_text());
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// Polls the stats file (rewritten every 500 ms) until `pred` holds on it or `timeout`
+    /// passes; returns the last text and whether `pred` held.
+    pub fn wait_stats(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> (String, bool) {
+        let t = Instant::now();
+        loop {
+            let s = std::fs::read_to_string(&self.stats).unwrap_or_default();
+            if pred(&s) {
+                return (s, true);
+            }
+            if t.elapsed() > timeout {
+                return (s, false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+// ---- Console round trip (console tests in several endpoint modes) ---------------------------
+
+/// Starts a console daemon whose backend is a Unix socket, with `extra` arguments.
+pub fn console_daemon(name: &str, extra: &[&str]) -> (Daemon, PathBuf) {
+    let tmp = scratch(&format!("{name}-backend"));
+    let backend = tmp.join("console.sock");
+    let backend_arg = format!("unix:{}", backend.display());
+    let mut args = vec!["--backend", &backend_arg];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(name, "console", &args);
+    let t = Instant::now();
+    while !backend.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "console backend socket never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (d, backend)
+}
+
+/// Moves `len` bytes guest -> backend and then `len` bytes backend -> guest over /dev/hvc0,
+/// checking both byte for byte. `checks_before`/`checks_after` run in the guest around the
+/// transfer (`$addr` is the console function's PCI address, found by `id`, e.g.
+/// `0x1af4:0x1043`).
+pub fn console_roundtrip(
+    guest: &Guest<'_>,
+    name: &str,
+    backend: &Path,
+    id: &str,
+    len: usize,
+    checks_before: &str,
+    checks_after: &str,
+) -> GuestRun {
+    use std::io::{Read, Write};
+    let stream =
+        std::os::unix::net::UnixStream::connect(backend).expect("connect to console backend");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(200)))
+        .unwrap();
+    let to_backend = pattern(len, 1);
+    let to_guest = pattern(len, 2);
+    let expected_in_guest = to_guest.clone();
+    let script = format!(
+        r#"
+addr=$(pci_addr {id}) || fail "no {id} function"
+echo "console function at $addr"
+{checks_before}
+[ -c /dev/hvc0 ] || fail "no /dev/hvc0"
+# One descriptor held open for the whole transfer: a tty's settings reset on last close.
+exec 3<>/dev/hvc0
+stty -F /dev/hvc0 raw -echo
+cat /job/to_backend.bin >&3 || fail "write to hvc0"
+echo "sent {len} bytes"
+head -c {len} <&3 > /job/recv.bin || fail "read from hvc0"
+check "received {len} bytes" [ "$(wc -c < /job/recv.bin)" = {len} ]
+{checks_after}
+"#
+    );
+    let running = guest.spawn(name, &script, &[("to_backend.bin", &to_backend)]);
+    // The backend side runs beside the guest: receive, compare, then answer.
+    let mut backend_side = stream.try_clone().unwrap();
+    let peer = std::thread::spawn(move || -> Result<(), String> {
+        let mut got = vec![0u8; len];
+        backend_side
+            .read_exact(&mut got)
+            .map_err(|e| format!("backend did not receive {len} bytes: {e}"))?;
+        if got != to_backend {
+            return Err("guest->backend data differs".into());
+        }
+        backend_side
+            .write_all(&to_guest)
+            .map_err(|e| format!("send to guest: {e}"))
+    });
+    let run = running.wait();
+    // Unblocks the peer if the guest gave up early.
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let peer = peer.join().unwrap();
+    println!("{}", run.output);
+    run.assert_ok();
+    peer.unwrap();
+    let recv = std::fs::read(run.job.join("recv.bin")).unwrap();
+    assert_eq!(recv.len(), len);
+    assert!(recv == expected_in_guest, "backend->guest data differs");
+    run
 }

@@ -1,0 +1,187 @@
+//! End-to-end tests of the bare-endpoint modes against a real Linux host: the legacy layout
+//! with polled registers and notifications (zero trapped BAR accesses), trapped legacy with a
+//! doorbell, outbound-window limited host access, and INTx with a `pci=nomsi` guest.
+
+mod support;
+
+use support::{console_daemon, console_roundtrip, Daemon, Guest};
+
+const POLL: &[&str] = &[
+    "--layout",
+    "legacy",
+    "--registers",
+    "poll",
+    "--notify",
+    "poll",
+];
+
+/// The legacy driver bound the function (modern probe found no capabilities).
+const LEGACY_CHECKS: &str = r#"
+check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
+check "revision 0 (legacy ABI)" [ "$(cat /sys/bus/pci/devices/$addr/revision)" = 0x00 ]
+check "legacy driver in use" sh -c "dmesg | grep -q '$addr: virtio_pci: leaving for legacy driver'"
+"#;
+
+/// Asserts that no register access was trapped: BAR memory only.
+fn assert_untrapped(stats: &str) {
+    for (line, key) in [
+        ("link", "trapped_reads"),
+        ("link", "trapped_writes"),
+        ("function", "bar_reads"),
+        ("function", "bar_writes"),
+    ] {
+        assert_eq!(
+            Daemon::counter(stats, line, key),
+            0,
+            "{line} {key} in poll mode:\n{stats}"
+        );
+    }
+}
+
+const RNG_READ: &str = r#"
+check "rng_current is virtio_rng" grep -q '^virtio_rng' /sys/class/misc/hw_random/rng_current
+check "256 KiB from /dev/hwrng" [ "$(head -c 262144 /dev/hwrng | wc -c)" = 262144 ]
+"#;
+
+#[test]
+fn legacy_polled_rng_survives_rebinds_and_a_guest_reboot_without_a_single_trap() {
+    let d = Daemon::start("legacy-poll-rng", "rng", POLL);
+    let script = format!(
+        r#"
+addr=$(pci_addr 0x1af4:0x1005) || fail "no transitional rng 1af4:1005"
+check "subsystem device = virtio type 4" [ "$(cat /sys/bus/pci/devices/$addr/subsystem_device)" = 0x0004 ]
+modprobe virtio_rng
+{LEGACY_CHECKS}
+if [ ! -e /job/rebooted ]; then
+    {RNG_READ}
+    for i in $(seq 10); do
+        echo "$addr" > /sys/bus/pci/drivers/virtio-pci/unbind || fail "unbind $i"
+        echo "$addr" > /sys/bus/pci/drivers/virtio-pci/bind || fail "bind $i"
+    done
+    echo "rebound 10 times"
+    {RNG_READ}
+    touch /job/rebooted
+    cp /job/output.log /job/first-boot.log 2>/dev/null
+    echo b > /proc/sysrq-trigger
+    sleep 30
+    fail "reboot did not happen"
+fi
+echo "second boot"
+{RNG_READ}
+"#
+    );
+    let mut g = Guest::new(&[&d]);
+    g.allow_reboot = true;
+    let run = g.run("legacy-poll-rng", &script, &[]);
+    println!("{}", run.output);
+    run.assert_ok();
+    assert!(
+        run.job.join("rebooted").exists(),
+        "the first boot did not get to its reboot"
+    );
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert_untrapped(&stats);
+    assert!(
+        Daemon::counter(&stats, "poll", "activations") >= 12,
+        "{stats}"
+    );
+    assert!(Daemon::counter(&stats, "queue 0", "bytes") >= 3 * 262144);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn legacy_polled_console_moves_a_mebibyte_each_way_without_a_single_trap() {
+    let (d, backend) = console_daemon("legacy-poll-console", POLL);
+    console_roundtrip(
+        &Guest::new(&[&d]),
+        "legacy-poll-console",
+        &backend,
+        "0x1af4:0x1003",
+        1 << 20,
+        LEGACY_CHECKS,
+        "",
+    );
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert_untrapped(&stats);
+    assert!(Daemon::counter(&stats, "queue 1", "bytes") >= 1 << 20);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn legacy_trapped_console_with_a_doorbell() {
+    let (d, backend) = console_daemon(
+        "legacy-trap-console",
+        &[
+            "--layout",
+            "legacy",
+            "--registers",
+            "trap",
+            "--notify",
+            "doorbell",
+        ],
+    );
+    console_roundtrip(
+        &Guest::new(&[&d]),
+        "legacy-trap-console",
+        &backend,
+        "0x1af4:0x1003",
+        1 << 20,
+        LEGACY_CHECKS,
+        "",
+    );
+    let stats = d.stats_text();
+    assert!(
+        Daemon::counter(&stats, "link", "trapped_writes") > 0,
+        "{stats}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn console_through_four_64k_outbound_windows() {
+    let (d, backend) = console_daemon(
+        "windows-console",
+        &["--host-windows", "4", "--window-size", "65536"],
+    );
+    console_roundtrip(
+        &Guest::new(&[&d]),
+        "windows-console",
+        &backend,
+        "0x1af4:0x1043",
+        1 << 20,
+        "",
+        "",
+    );
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert!(Daemon::counter(&stats, "windows", "maps") > 0, "{stats}");
+    assert!(Daemon::counter(&stats, "windows", "misses") > 0, "{stats}");
+    assert!(Daemon::counter(&stats, "windows", "mapped") <= 4, "{stats}");
+    assert!(d.stop().success());
+}
+
+#[test]
+fn console_with_intx_on_a_guest_without_msi() {
+    let (d, backend) = console_daemon("intx-console", &["--irq", "intx"]);
+    let mut g = Guest::new(&[&d]);
+    g.append = "pci=nomsi".into();
+    let after = r#"
+grep -E 'IO-APIC|virtio' /proc/interrupts
+check "no MSI-X for the function" sh -c "! grep -q 'PCI-MSIX-$addr' /proc/interrupts"
+check "INTx interrupts arrived" sh -c "grep IO-APIC /proc/interrupts | grep virtio | awk '{ s += \$2 } END { exit !(s > 0) }'"
+"#;
+    console_roundtrip(
+        &g,
+        "intx-console",
+        &backend,
+        "0x1af4:0x1043",
+        1 << 20,
+        "",
+        after,
+    );
+    let stats = d.stats_text();
+    assert!(Daemon::counter(&stats, "link", "irqs") > 0, "{stats}");
+    assert!(d.stop().success());
+}
