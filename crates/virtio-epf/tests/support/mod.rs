@@ -46,11 +46,21 @@ impl Daemon {
     /// Starts `virtio-epf <device> --vfio-user <dir>/ep.sock --stats-file ... <args>` and waits
     /// for its socket.
     pub fn start(name: &str, device: &str, args: &[&str]) -> Daemon {
+        Self::launch(
+            Command::new(env!("CARGO_BIN_EXE_virtio-epf")),
+            name,
+            device,
+            args,
+        )
+    }
+
+    /// Runs `cmd` (the virtio-epf binary, possibly wrapped) with the daemon arguments.
+    fn launch(mut cmd: Command, name: &str, device: &str, args: &[&str]) -> Daemon {
         let dir = scratch(name);
         let socket = dir.join("ep.sock");
         let stats = dir.join("stats.txt");
         let log = dir.join("daemon.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_virtio-epf"))
+        let child = cmd
             .arg(device)
             .arg("--vfio-user")
             .arg(&socket)
@@ -459,41 +469,12 @@ impl Drop for Peer {
 impl Daemon {
     /// Like [`Daemon::start`], with the daemon running inside network namespace `ns`.
     pub fn start_in(ns: &NetNs, name: &str, device: &str, args: &[&str]) -> Daemon {
-        let dir = scratch(name);
-        let socket = dir.join("ep.sock");
-        let stats = dir.join("stats.txt");
-        let log = dir.join("daemon.log");
-        let child = ns
-            .command(env!("CARGO_BIN_EXE_virtio-epf"))
-            .arg(device)
-            .arg("--vfio-user")
-            .arg(&socket)
-            .arg("--stats-file")
-            .arg(&stats)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("daemon.stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn virtio-epf in netns");
-        let mut d = Daemon {
-            child: Some(child),
-            dir,
-            socket,
-            stats,
-            log,
-        };
-        let t = Instant::now();
-        while !d.socket.exists() {
-            assert!(d.alive(), "virtio-epf exited early:\n{}", d.log_text());
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "socket never appeared"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
+        Self::launch(
+            ns.command(env!("CARGO_BIN_EXE_virtio-epf")),
+            name,
+            device,
+            args,
+        )
     }
 
     /// Polls the stats file (rewritten every 500 ms) until `pred` holds on it or `timeout`
