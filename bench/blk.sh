@@ -12,8 +12,9 @@
 # Disks in the guest: QEMU virtio-blk-pci (serial QEMU-BLK), virtio-epf with the io-uring
 # engine (EPF-URING, same image file as QEMU's) and virtio-epf with the thread-pool engine
 # (EPF-THREADS, on a copy of the image: two endpoints cannot lock one image). Every row runs
-# on the three disks in turn, ROUNDS times (default 3), and the median is reported, so that
-# load from other processes on the machine hits all three alike.
+# on the three disks in turn (the order rotating every round), ROUNDS times (default 3), and
+# the median is reported, so that load from other processes on the machine hits all three
+# alike.
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -97,7 +98,11 @@ for round in \$(seq $ROUNDS); do
         seqread-1m) args="--rw=read --bs=1M --iodepth=8" ;;
         seqwrite-1m) args="--rw=write --bs=1M --iodepth=8" ;;
         esac
-        for name in QEMU-BLK EPF-URING EPF-THREADS; do
+        # Rotate the order every round: whoever runs right after a write pays for its
+        # dirty pages being written back.
+        names=(QEMU-BLK EPF-URING EPF-THREADS)
+        for i in 0 1 2; do
+            name=\${names[(i + round) % 3]}
             v=dev_\${name//-/_}
             run \$name \${!v} \$t \$args
         done

@@ -316,18 +316,35 @@ impl Worker {
 
     /// Re-enables driver notifications on every queue (with EVENT_IDX: publishes
     /// `avail_event`, without which a Linux driver stops notifying after the first buffer)
-    /// and gives the device one more pass over queues that received buffers meanwhile. A
-    /// device that deliberately leaves buffers in a ring (back-pressure) is not called in a
-    /// loop: one extra pass, then it waits for a notification or a wake-up.
+    /// and, as long as buffers keep arriving while notifications were off and the device
+    /// keeps taking them, gives the device another pass: buffers the driver made available
+    /// before it could see the re-enabled notifications would otherwise never be announced.
+    ///
+    /// A pass that takes nothing means the device holds buffers back on purpose (back-pressure,
+    /// or receive buffers waiting for input); it is not called in a loop for them but waits for
+    /// its own wake-up. After `MAX_PASSES` productive passes the queue kicks itself, so one busy
+    /// queue cannot starve the others or the control channel.
     fn rearm(&mut self) -> Result<(), DeviceError> {
+        const MAX_PASSES: usize = 16;
         let Some(a) = self.active.as_mut() else {
             return Ok(());
         };
         for i in 0..a.queues.len() {
-            let Some(q) = a.queues[i].as_mut() else {
-                continue;
-            };
-            if q.enable_notification().map_err(DeviceError::queue(i))? {
+            let mut passes = 0;
+            loop {
+                let Some(q) = a.queues[i].as_mut() else {
+                    break;
+                };
+                if !q.enable_notification().map_err(DeviceError::queue(i))? {
+                    break;
+                }
+                if passes == MAX_PASSES {
+                    if let Some(k) = self.kicks.get(i) {
+                        let _ = k.write(1);
+                    }
+                    break;
+                }
+                let before = q.next_avail();
                 let mut ctx = DeviceContext::new(
                     a.features,
                     &mut a.queues,
@@ -336,8 +353,9 @@ impl Worker {
                     &a.memory,
                 );
                 self.device.queue_notify(i, &mut ctx)?;
-                if let Some(q) = a.queues[i].as_mut() {
-                    q.enable_notification().map_err(DeviceError::queue(i))?;
+                passes += 1;
+                if a.queues[i].as_ref().is_none_or(|q| q.next_avail() == before) {
+                    break;
                 }
             }
         }
