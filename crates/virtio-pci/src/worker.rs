@@ -354,7 +354,10 @@ impl Worker {
                 );
                 self.device.queue_notify(i, &mut ctx)?;
                 passes += 1;
-                if a.queues[i].as_ref().is_none_or(|q| q.next_avail() == before) {
+                if a.queues[i]
+                    .as_ref()
+                    .is_none_or(|q| q.next_avail() == before)
+                {
                     break;
                 }
             }

@@ -707,3 +707,46 @@ fn pci_cfg_access_capability_reaches_the_common_and_device_config() {
         rig.finish();
     });
 }
+
+/// A driver that adds buffers while the device is finishing its passes, without notifying
+/// (as a driver that read `avail_event` before the device re-armed it would): the worker must
+/// keep re-arming and looking until the ring is really empty, or those buffers are stranded.
+#[test]
+fn buffers_added_during_rearm_are_not_stranded() {
+    bounded(Duration::from_secs(30), || {
+        let (dev, probe) = TestDevice::boxed();
+        let rig = Rig::new(dev);
+        let (_drv, queues) = negotiated(&rig);
+        let mut it = queues.into_iter();
+        let mut first = it.next().unwrap();
+        // One full round trip first, so the activation pass is over before hooks are set.
+        fill_request(&rig, &mut first, 16);
+        let q0 = std::sync::Arc::new(std::sync::Mutex::new(first));
+        let bus = rig.c.host();
+        let bufs: Vec<u64> = (0..3).map(|_| bus.alloc(64, 8).unwrap()).collect();
+        // The 2nd and 3rd buffers appear, unannounced, at the end of the 1st and 2nd passes.
+        for &b in &bufs[1..] {
+            let q = q0.clone();
+            probe.on_empty.lock().unwrap().push(Box::new(move || {
+                q.lock().unwrap().add(&[(b, 64, true)]).unwrap();
+            }));
+        }
+        let head0 = q0.lock().unwrap().add(&[(bufs[0], 64, true)]).unwrap();
+        q0.lock().unwrap().notify();
+        let mut done = Vec::new();
+        let t = std::time::Instant::now();
+        while done.len() < 3 && t.elapsed() < WAIT {
+            if let Some((id, len)) = q0.lock().unwrap().get_used().unwrap() {
+                assert_eq!(len, 64);
+                done.push(id);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(done.len(), 3, "buffers stranded: completed {done:?}");
+        assert_eq!(done[0], head0);
+        assert_eq!(probe.chains[0].load(Ordering::SeqCst), 4);
+        assert!(probe.on_empty.lock().unwrap().is_empty());
+        drop(q0);
+        rig.finish();
+    });
+}

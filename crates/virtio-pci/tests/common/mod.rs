@@ -127,6 +127,9 @@ pub struct Probe {
     /// Milliseconds `reset()` takes (a slow device).
     pub reset_delay_ms: AtomicU64,
     pub chains: [AtomicU64; 2],
+    /// Run, one per occasion, each time a queue-0 pass finds the ring empty (lets a test act
+    /// as a driver racing the device's re-arming of notifications).
+    pub on_empty: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 /// A tiny device: queue 0 fills every writable byte of each chain with [`FILL_BYTE`];
@@ -179,6 +182,15 @@ impl VirtioDevice for TestDevice {
         loop {
             let queue = ctx.queue(q)?;
             if !queue.pop(&mut self.chain).map_err(DeviceError::queue(q))? {
+                if q == 0 {
+                    let hook = {
+                        let mut hooks = self.probe.on_empty.lock().unwrap();
+                        (!hooks.is_empty()).then(|| hooks.remove(0))
+                    };
+                    if let Some(hook) = hook {
+                        hook();
+                    }
+                }
                 return Ok(());
             }
             let written = match q {
