@@ -331,10 +331,7 @@ impl Worker {
         };
         for i in 0..a.queues.len() {
             let mut passes = 0;
-            loop {
-                let Some(q) = a.queues[i].as_mut() else {
-                    break;
-                };
+            while let Some(q) = a.queues[i].as_mut() {
                 if !q.enable_notification().map_err(DeviceError::queue(i))? {
                     break;
                 }
