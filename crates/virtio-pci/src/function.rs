@@ -385,8 +385,13 @@ impl VirtioPciFunction {
         let mut idle_passes = 0u32;
         let mut sleep = Duration::from_micros(1);
         let mut last_publish = Instant::now();
+        // Polled registers come with MSI-X (INTx is refused): the driver enables MSI-X before
+        // it sets queues up, and it is the driver's view that places the vector registers and
+        // device configuration. Our own view of the host's MSI-X state (vectors wired by the
+        // link) can lag behind the driver's register writes, so it must not decide how the
+        // page is read.
+        let msix = self.options.irq == IrqMode::Msix;
         while !self.stop_polling.load(Ordering::Acquire) {
-            let msix = self.shared.epc.msix_enabled();
             let r = {
                 let mut regs = self.shared.regs();
                 engine
