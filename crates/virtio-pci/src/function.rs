@@ -391,6 +391,17 @@ impl VirtioPciFunction {
         // link) can lag behind the driver's register writes, so it must not decide how the
         // page is read.
         let msix = self.options.irq == IrqMode::Msix;
+        // The poller's reaction time is the timing bound of this mode (docs/design.md): ask
+        // the scheduler not to preempt it for ordinary work (needs CAP_SYS_NICE; without it
+        // the thread keeps the default priority).
+        // SAFETY: setpriority on this thread's own id; no memory is passed.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10) };
+        if r != 0 {
+            log::debug!(
+                "poller keeps its default priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
         while !self.stop_polling.load(Ordering::Acquire) {
             let r = {
                 let mut regs = self.shared.regs();
