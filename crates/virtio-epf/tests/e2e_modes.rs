@@ -198,3 +198,67 @@ check "INTx interrupts arrived" sh -c "grep IO-APIC /proc/interrupts | grep virt
     assert!(Daemon::counter(&stats, "link", "irqs") > 0, "{stats}");
     assert!(d.stop().success());
 }
+
+/// The guest's disk tour: a filesystem, files with checksums, fsck, and fio with verification.
+const DISK_TOUR: &str = r#"
+modprobe virtio_blk || fail "modprobe virtio_blk"
+modprobe ext4 || fail "modprobe ext4"
+v=$(ls /sys/block | grep '^vd' | head -n1)
+[ -n "$v" ] || fail "no virtio disk"
+echo "disk $v at $addr"
+check "size is the image's (64 MiB)" [ "$(cat /sys/block/$v/size)" = 131072 ]
+check "mkfs.ext4" mkfs.ext4 -q -F /dev/$v
+mkdir -p /mnt/d && check "mount" mount /dev/$v /mnt/d
+for i in 1 2 3 4; do head -c 3000000 /dev/urandom > /mnt/d/f$i; done
+(cd /mnt/d && sha256sum f1 f2 f3 f4 > /tmp/sums)
+sync && check "umount" umount /mnt/d
+check "fsck.ext4 -fn clean" fsck.ext4 -fn /dev/$v
+check "remount" mount /dev/$v /mnt/d
+check "checksums after remount" sh -c "cd /mnt/d && sha256sum -c /tmp/sums"
+umount /mnt/d
+check "fio randwrite 4k with crc32c verify" fio --name=v --filename=/dev/$v --direct=1 --ioengine=libaio \
+    --rw=randwrite --bs=4k --iodepth=16 --size=16M --verify=crc32c --do_verify=1 --output=/tmp/fio.txt
+"#;
+
+fn blk_in_mode(name: &str, mode: &[&str], id: &str) -> String {
+    let dir = support::scratch(&format!("{name}-img"));
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut args = vec!["--image", img.to_str().unwrap()];
+    args.extend_from_slice(mode);
+    let d = Daemon::start(name, "blk", &args);
+    let script = format!("addr=$(pci_addr {id}) || fail \"no {id} function\"\n{DISK_TOUR}");
+    let run = Guest::new(&[&d]).run(name, &script, &[]);
+    println!("{}", run.output);
+    run.assert_ok();
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert!(d.stop().success());
+    stats
+}
+
+#[test]
+fn legacy_polled_blk_carries_a_filesystem_and_fio_verify_without_a_single_trap() {
+    let _one = one_guest();
+    let stats = blk_in_mode("legacy-poll-blk", POLL, "0x1af4:0x1001");
+    assert_untrapped(&stats);
+    assert!(
+        Daemon::counter(&stats, "queue 0", "bytes") > 16 << 20,
+        "{stats}"
+    );
+}
+
+#[test]
+fn blk_through_four_64k_outbound_windows() {
+    let _one = one_guest();
+    let stats = blk_in_mode(
+        "windows-blk",
+        &["--host-windows", "4", "--window-size", "65536"],
+        "0x1af4:0x1042",
+    );
+    assert!(Daemon::counter(&stats, "windows", "misses") > 0, "{stats}");
+    assert!(Daemon::counter(&stats, "windows", "mapped") <= 4, "{stats}");
+}
