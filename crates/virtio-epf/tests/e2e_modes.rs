@@ -262,3 +262,51 @@ fn blk_through_four_64k_outbound_windows() {
     assert!(Daemon::counter(&stats, "windows", "misses") > 0, "{stats}");
     assert!(Daemon::counter(&stats, "windows", "mapped") <= 4, "{stats}");
 }
+
+/// virtio-net with polled legacy registers: the legacy virtio_net path (no VERSION_1, 12-byte
+/// header with MRG_RXBUF) carries ping and TCP inside a test-created network namespace.
+#[test]
+fn legacy_polled_net_carries_ping_and_tcp_without_a_single_trap() {
+    let _one = one_guest();
+    let ns = support::NetNs::new("legacy-net");
+    ns.add_tap("tap0", false, 1500, "10.78.0.1/24");
+    let mut args = vec!["--tap", "tap0", "--mac", "52:54:00:12:34:56"];
+    args.extend_from_slice(POLL);
+    let d = Daemon::start_in(&ns, "legacy-poll-net", "net", &args);
+    let server = ns.spawn_peer(
+        &[
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "10.78.0.1",
+            "--idle-timeout",
+            "200",
+        ],
+        &d.dir.join("iperf3-server.log"),
+    );
+    let script = r#"
+modprobe virtio_net || fail "modprobe virtio_net"
+addr=$(pci_addr 0x1af4:0x1000) || fail "no transitional net function 1af4:1000"
+check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
+check "legacy driver in use" sh -c "dmesg | grep -q '$addr: virtio_pci: leaving for legacy driver'"
+IF=
+for i in $(seq 50); do IF=$(ls "$(virtio_dir "$addr")/net" 2>/dev/null | head -n1); [ -n "$IF" ] && break; sleep 0.1; done
+[ -n "$IF" ] || fail "no interface"
+check "MAC as given" [ "$(cat /sys/class/net/$IF/address)" = 52:54:00:12:34:56 ]
+ip addr add 10.78.0.2/24 dev $IF && ip link set $IF up || fail "configure $IF"
+for i in $(seq 50); do ping -c 1 -W 1 10.78.0.1 >/dev/null 2>&1 && break; done
+ping -c 100 -i 0.01 10.78.0.1 > /tmp/ping.txt; cat /tmp/ping.txt | tail -2
+check "ping: 0% loss" grep -q ' 0% packet loss' /tmp/ping.txt
+iperf3 -c 10.78.0.1 -t 3 > /tmp/up.txt || { cat /tmp/up.txt; fail "iperf3 TCP"; }
+tail -4 /tmp/up.txt
+"#;
+    let run = Guest::new(&[&d]).run("legacy-poll-net", script, &[]);
+    println!("{}", run.output);
+    run.assert_ok();
+    let _ = server.wait(std::time::Duration::from_secs(10));
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert_untrapped(&stats);
+    assert!(d.stop().success());
+}

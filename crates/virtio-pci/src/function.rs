@@ -385,12 +385,13 @@ impl VirtioPciFunction {
         let mut idle_passes = 0u32;
         let mut sleep = Duration::from_micros(1);
         let mut last_publish = Instant::now();
-        // Polled registers come with MSI-X (INTx is refused): the driver enables MSI-X before
-        // it sets queues up, and it is the driver's view that places the vector registers and
-        // device configuration. Our own view of the host's MSI-X state (vectors wired by the
-        // link) can lag behind the driver's register writes, so it must not decide how the
-        // page is read.
-        let msix = self.options.irq == IrqMode::Msix;
+        // Polled registers come with MSI-X (INTx is refused). The driver enables MSI-X before
+        // it sets queues up, so the vector registers are live whenever queues are being set
+        // up: track them regardless of our own view of the host's MSI-X state, which (vectors
+        // wired by the link) can lag behind the driver's register writes. Device
+        // configuration moves from 0x14 to 0x18 when MSI-X comes on; the driver reads it at
+        // 0x14 before (e.g. virtio_net's MAC in probe), so its place follows that view.
+        let vectors = self.options.irq == IrqMode::Msix;
         // The poller's reaction time is the timing bound of this mode (docs/design.md): ask
         // the scheduler not to preempt it for ordinary work (needs CAP_SYS_NICE; without it
         // the thread keeps the default priority).
@@ -408,11 +409,11 @@ impl VirtioPciFunction {
                 engine
                     .sync_config(
                         &page,
-                        msix,
+                        vectors && self.shared.epc.msix_enabled(),
                         self.shared.config.generation(),
                         &self.config_bytes(),
                     )
-                    .and_then(|()| engine.poll(&page, &mut regs, msix))
+                    .and_then(|()| engine.poll(&page, &mut regs, vectors))
             };
             let pass = match r {
                 Ok(p) => p,
