@@ -76,8 +76,11 @@ impl SharedMemory {
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        let Some(ptr) = NonNull::new(p as *mut u8) else {
+            return Err(std::io::Error::other("mmap returned NULL"));
+        };
         Ok(SharedMemory {
-            ptr: NonNull::new(p as *mut u8).expect("mmap returned NULL"),
+            ptr,
             len,
             fd: Some(fd),
             fd_offset: offset,
