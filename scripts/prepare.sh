@@ -8,7 +8,7 @@ set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for tool in cc:gcc python3:python3; do
+for tool in cc:gcc python3:python3 ip:iproute2 pkill:procps; do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
