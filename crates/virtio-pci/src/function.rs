@@ -411,7 +411,7 @@ impl VirtioPciFunction {
                         &page,
                         vectors && self.shared.epc.msix_enabled(),
                         self.shared.config.generation(),
-                        &self.config_bytes(),
+                        || self.config_bytes(),
                     )
                     .and_then(|()| engine.poll(&page, &mut regs, vectors))
             };

@@ -132,10 +132,19 @@ impl LegacyPollEngine {
 
     /// Keeps the device configuration copy in the page current: at 0x18 while MSI-X is
     /// enabled (never touching the vector registers at 0x14..0x18), at 0x14 otherwise.
-    pub fn sync_config(&mut self, page: &SharedMemory, msix: bool, gen: u8, bytes: &[u8]) -> R<()> {
+    /// `bytes` is called only when the copy must be rewritten (the poller runs millions of
+    /// passes a second; the configuration changes rarely).
+    pub fn sync_config(
+        &mut self,
+        page: &SharedMemory,
+        msix: bool,
+        gen: u8,
+        bytes: impl FnOnce() -> Vec<u8>,
+    ) -> R<()> {
         if self.config_written == Some((msix, gen)) {
             return Ok(());
         }
+        let bytes = bytes();
         let off = config_offset(msix);
         let room = (page.len() as u64 - off) as usize;
         page.write(off, &bytes[..bytes.len().min(room)])?;

@@ -96,23 +96,21 @@ struct UnixInput {
     stream: Option<(u64, Arc<UnixStream>)>,
 }
 
+impl UnixShared {
+    /// The client `slot` holds, or the first one to connect.
+    fn current(&self, slot: &mut Option<(u64, Arc<UnixStream>)>) -> (u64, Arc<UnixStream>) {
+        slot.get_or_insert_with(|| self.wait_client(None)).clone()
+    }
+}
+
 impl Read for UnixInput {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
-            let (gen, s) = match &self.stream {
-                Some(c) => c.clone(),
-                None => {
-                    let c = self.shared.wait_client(None);
-                    self.stream = Some(c.clone());
-                    c
-                }
-            };
+            let (gen, s) = self.shared.current(&mut self.stream);
             match (&*s).read(buf) {
-                Ok(0) | Err(_) => {
-                    // This client is gone; wait for the next one rather than ending input.
-                    self.stream = Some(self.shared.wait_client(Some(gen)));
-                }
-                Ok(n) => return Ok(n),
+                Ok(n) if n > 0 => return Ok(n),
+                // This client is gone; wait for the next one rather than ending input.
+                _ => self.stream = Some(self.shared.wait_client(Some(gen))),
             }
         }
     }
@@ -126,14 +124,7 @@ struct UnixOutput {
 impl Write for UnixOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         loop {
-            let (gen, s) = match &self.stream {
-                Some(c) => c.clone(),
-                None => {
-                    let c = self.shared.wait_client(None);
-                    self.stream = Some(c.clone());
-                    c
-                }
-            };
+            let (gen, s) = self.shared.current(&mut self.stream);
             match (&*s).write(buf) {
                 Ok(n) if n > 0 => return Ok(n),
                 _ => self.stream = Some(self.shared.wait_client(Some(gen))),
