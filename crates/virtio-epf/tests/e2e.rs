@@ -9,13 +9,19 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use support::{pattern, Daemon, Guest};
 
-/// Checks shared by every device: IDs, driver bound, VERSION_1 negotiated, MSI-X in use.
-/// Expects `$addr` to be set and the device driver module loaded.
+/// Checks shared by every device: IDs, driver bound, the modern (VERSION_1) or legacy driver
+/// path as the suite's mode expects, MSI-X in use. Expects `$addr` to be set and the device
+/// driver module loaded.
 const COMMON_CHECKS: &str = r#"
 check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
 v=$(virtio_dir "$addr"); [ -n "$v" ] || fail "no virtio device below $addr"
 echo "virtio device $(basename "$v") features $(cat "$v/features")"
-check "VIRTIO_F_VERSION_1 negotiated" has_feature "$v" 32
+if [ "$LEGACY" = 1 ]; then
+    check "revision 0 (legacy ABI)" [ "$(cat /sys/bus/pci/devices/$addr/revision)" = 0x00 ]
+    check "legacy driver in use" sh -c "dmesg | grep -q '$addr: virtio_pci: leaving for legacy driver'"
+else
+    check "VIRTIO_F_VERSION_1 negotiated" has_feature "$v" 32
+fi
 check "MSI-X enabled" sh -c "lspci -vv -s $addr | grep -q 'MSI-X: Enable+'"
 "#;
 
@@ -39,7 +45,7 @@ fn rng_binds_delivers_entropy_and_survives_rebinds() {
     let d = Daemon::start("rng", "rng", &[]);
     let script = format!(
         r#"
-addr=$(pci_addr 0x1af4:0x1044) || fail "no 1af4:1044 function"
+addr=$(pci_addr $ID_RNG) || fail "no rng function $ID_RNG"
 echo "rng function at $addr"
 modprobe virtio_rng
 {COMMON_CHECKS}
@@ -77,7 +83,7 @@ fn console_moves_a_mebibyte_each_way_byte_identical() {
         &Guest::new(&[&d]),
         "console",
         &backend,
-        "0x1af4:0x1043",
+        "$ID_CONSOLE",
         LEN,
         COMMON_CHECKS,
         IRQ_CHECK,
@@ -89,7 +95,7 @@ fn console_moves_a_mebibyte_each_way_byte_identical() {
 }
 
 const SHORT_RNG: &str = r#"
-addr=$(pci_addr 0x1af4:0x1044) || fail "no 1af4:1044 function"
+addr=$(pci_addr $ID_RNG) || fail "no rng function $ID_RNG"
 modprobe virtio_rng
 check "virtio-pci bound" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
 check "rng_current is virtio_rng" grep -q '^virtio_rng' /sys/class/misc/hw_random/rng_current

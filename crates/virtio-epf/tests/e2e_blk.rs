@@ -94,7 +94,7 @@ fn blk_filesystem_fio_multiqueue_discard_and_read_only() {
 rw=$(disk_by_serial EPF-RW-0001) || fail "no disk with serial EPF-RW-0001"
 ro=$(disk_by_serial EPF-RO-0002) || fail "no disk with serial EPF-RO-0002"
 echo "read-write disk $rw, read-only disk $ro"
-addr=$(pci_addr 0x1af4:0x1042) || fail "no 1af4:1042 function"
+addr=$(pci_addr $ID_BLK) || fail "no blk function $ID_BLK"
 check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
 check "size is the image's (128 MiB)" [ "$(cat /sys/block/$rw/size)" = 262144 ]
 check "writable" [ "$(cat /sys/block/$rw/ro)" = 0 ]

@@ -25,7 +25,7 @@ const XFER_BYTES: usize = 64 << 20;
 /// Guest helpers: find the NIC, wait for the host's acknowledgement of a step.
 const NET_PRELUDE: &str = r#"
 modprobe virtio_net || fail "modprobe virtio_net"
-addr=$(pci_addr 0x1af4:0x1041) || fail "no 1af4:1041 function"
+addr=$(pci_addr $ID_NET) || fail "no net function $ID_NET"
 echo "net function at $addr"
 check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
 v=$(virtio_dir "$addr"); [ -n "$v" ] || fail "no virtio device below $addr"

@@ -381,10 +381,17 @@ impl VirtioPciFunction {
     fn poll_loop(self: Arc<Self>, page: Arc<SharedMemory>, mut engine: LegacyPollEngine) {
         const SPIN_PASSES: u32 = 20_000;
         const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
+        // While a driver is part-way through the setup sequence the poller never sleeps: the
+        // host's next queue check may come a few microseconds after a PFN write (even a 1 us
+        // nanosleep costs tens of microseconds), and under a guest's allocations the gaps
+        // between its accesses can exceed any spin budget. A driver that stalls part-way
+        // (status ACKNOWLEDGE and no driver module, say) releases the core after this long.
+        const SETUP_SPIN_LIMIT: Duration = Duration::from_secs(10);
         let num_queues = self.shared.stats.queues.len();
         let mut idle_passes = 0u32;
         let mut sleep = Duration::from_micros(1);
         let mut last_publish = Instant::now();
+        let mut status_seen = (engine.status(), Instant::now());
         // Polled registers come with MSI-X (INTx is refused). The driver enables MSI-X before
         // it sets queues up, so the vector registers are live whenever queues are being set
         // up: track them regardless of our own view of the host's MSI-X state, which (vectors
@@ -451,7 +458,12 @@ impl VirtioPciFunction {
                 continue;
             }
             idle_passes = idle_passes.saturating_add(1);
-            if idle_passes < SPIN_PASSES {
+            if engine.status() != status_seen.0 {
+                status_seen = (engine.status(), Instant::now());
+            }
+            let setting_up =
+                engine.negotiating() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT;
+            if idle_passes < SPIN_PASSES || setting_up {
                 std::hint::spin_loop();
                 continue;
             }

@@ -307,4 +307,17 @@ impl LegacyPollEngine {
     pub fn is_broken(&self) -> bool {
         self.broken
     }
+
+    /// The last status seen, as the host wrote it.
+    pub fn status(&self) -> u8 {
+        self.last_status
+    }
+
+    /// Whether a driver is on its way through the setup sequence (some status bit set, no
+    /// DRIVER_OK yet, not FAILED): the phase whose timing bounds the poller must keep, so it
+    /// must not sleep.
+    pub fn negotiating(&self) -> bool {
+        let s = self.last_status;
+        s != 0 && s & (DRIVER_OK | FAILED) == 0
+    }
 }

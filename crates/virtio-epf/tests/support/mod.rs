@@ -33,6 +33,107 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+// ---- Endpoint mode of a suite run ----------------------------------------------------------
+
+/// The endpoint mode every device daemon of a suite runs in, chosen by the environment
+/// variable `VIRTIO_EPF_E2E_MODE` (scripts/test.sh runs the device suites once per mode). An
+/// unknown value fails the test rather than silently running the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Modern layout, trapped registers, doorbell notify page, MSI-X.
+    Default,
+    /// Bare endpoint: legacy layout in a memory BAR, polled registers and notifications.
+    LegacyPoll,
+    /// Legacy layout (no vendor capabilities) with trapped registers and a doorbell.
+    LegacyDoorbell,
+    /// Modern layout; host memory only through four 64 KiB outbound windows.
+    Windows,
+}
+
+/// Options that select an endpoint mode; a test that passes any of them chose its own mode.
+const MODE_OPTIONS: &[&str] = &["--layout", "--registers", "--notify", "--irq", "--host-windows"];
+
+impl Mode {
+    pub fn current() -> Mode {
+        match std::env::var("VIRTIO_EPF_E2E_MODE").as_deref() {
+            Err(_) | Ok("") | Ok("default") => Mode::Default,
+            Ok("legacy-poll") => Mode::LegacyPoll,
+            Ok("legacy-doorbell") => Mode::LegacyDoorbell,
+            Ok("windows") => Mode::Windows,
+            Ok(other) => panic!(
+                "VIRTIO_EPF_E2E_MODE={other:?}: expected default, legacy-poll, legacy-doorbell or windows"
+            ),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Default => "default",
+            Mode::LegacyPoll => "legacy-poll",
+            Mode::LegacyDoorbell => "legacy-doorbell",
+            Mode::Windows => "windows",
+        }
+    }
+
+    /// The daemon options of this mode.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            Mode::Default => &[],
+            Mode::LegacyPoll => &["--layout", "legacy", "--registers", "poll", "--notify", "poll"],
+            Mode::LegacyDoorbell => &["--layout", "legacy", "--registers", "trap", "--notify", "doorbell"],
+            Mode::Windows => &["--host-windows", "4", "--window-size", "65536"],
+        }
+    }
+
+    pub fn legacy(self) -> bool {
+        matches!(self, Mode::LegacyPoll | Mode::LegacyDoorbell)
+    }
+
+    /// Shell lines for the guest: `E2E_MODE`, `LEGACY` (0/1) and the vendor:device ID of each
+    /// device in this mode (`ID_NET`, `ID_BLK`, `ID_CONSOLE`, `ID_RNG`): modern IDs are
+    /// 0x1040 + type, transitional (legacy) ones 0x1000, 0x1001, 0x1003, 0x1005.
+    pub fn guest_vars(self) -> String {
+        let (net, blk, console, rng) = if self.legacy() {
+            (0x1000, 0x1001, 0x1003, 0x1005)
+        } else {
+            (0x1041, 0x1042, 0x1043, 0x1044)
+        };
+        format!(
+            "E2E_MODE={}\nLEGACY={}\nID_NET=0x1af4:{net:#06x}\nID_BLK=0x1af4:{blk:#06x}\n\
+             ID_CONSOLE=0x1af4:{console:#06x}\nID_RNG=0x1af4:{rng:#06x}\n",
+            self.name(),
+            u8::from(self.legacy())
+        )
+    }
+
+    /// Asserts what the counters must show for a device that served a guest in this mode:
+    /// polled registers saw zero trapped BAR accesses; windowed access used at most four
+    /// windows and had to remap.
+    pub fn assert_counters(self, stats: &str) {
+        match self {
+            Mode::LegacyPoll => {
+                for (line, key) in [
+                    ("link", "trapped_reads"),
+                    ("link", "trapped_writes"),
+                    ("function", "bar_reads"),
+                    ("function", "bar_writes"),
+                ] {
+                    assert_eq!(
+                        Daemon::counter(stats, line, key),
+                        0,
+                        "{line} {key} in poll mode:\n{stats}"
+                    );
+                }
+            }
+            Mode::Windows => {
+                assert!(Daemon::counter(stats, "windows", "misses") > 0, "{stats}");
+                assert!(Daemon::counter(stats, "windows", "mapped") <= 4, "{stats}");
+            }
+            Mode::Default | Mode::LegacyDoorbell => {}
+        }
+    }
+}
+
 /// A running `virtio-epf` process.
 pub struct Daemon {
     child: Option<Child>,
@@ -40,6 +141,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub stats: PathBuf,
     pub log: PathBuf,
+    /// The suite mode it was started in (None: the test chose its options itself).
+    pub mode: Option<Mode>,
 }
 
 impl Daemon {
@@ -55,8 +158,13 @@ impl Daemon {
     }
 
     /// Runs `cmd` (the virtio-epf binary, possibly wrapped) with the daemon arguments.
+    ///
+    /// Device daemons get the options of the suite's [`Mode`] unless `args` choose a mode.
     fn launch(mut cmd: Command, name: &str, device: &str, args: &[&str]) -> Daemon {
         let dir = scratch(name);
+        let chose_mode = args.iter().any(|a| MODE_OPTIONS.contains(a));
+        let mode = (!chose_mode && ["rng", "console", "blk", "net"].contains(&device))
+            .then(Mode::current);
         let socket = dir.join("ep.sock");
         let stats = dir.join("stats.txt");
         let log = dir.join("daemon.log");
@@ -67,6 +175,7 @@ impl Daemon {
             .arg("--stats-file")
             .arg(&stats)
             .args(args)
+            .args(mode.map_or(&[][..], Mode::args))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("daemon.stdout")).unwrap())
@@ -79,6 +188,7 @@ impl Daemon {
             socket,
             stats,
             log,
+            mode,
         };
         let t = Instant::now();
         while !d.socket.exists() {
@@ -120,8 +230,15 @@ impl Daemon {
             .unwrap_or_else(|| panic!("no {key} on line {line:?} in stats:\n{text}"))
     }
 
-    /// SIGTERM, wait, and return the exit status.
+    /// Checks the suite mode's counters (if a host ever connected), then SIGTERM, wait, and
+    /// return the exit status.
     pub fn stop(mut self) -> ExitStatus {
+        if let Some(mode) = self.mode {
+            let stats = self.stats_text();
+            if Daemon::counter(&stats, "link", "clients") > 0 {
+                mode.assert_counters(&stats);
+            }
+        }
         let mut child = self.child.take().unwrap();
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -166,6 +283,8 @@ pub struct GuestRun {
     pub status: ExitStatus,
     pub output: String,
     pub job: PathBuf,
+    /// Logs of the daemons the guest was given, shown when the run fails.
+    pub daemon_logs: Vec<PathBuf>,
 }
 
 impl GuestRun {
@@ -180,10 +299,14 @@ impl GuestRun {
         assert_eq!(
             self.code(),
             0,
-            "guest script failed (exit {}):\n{}\n--- console tail ---\n{}",
+            "guest script failed (exit {}):\n{}\n--- console tail ---\n{}{}",
             self.code(),
             self.output,
-            tail(&self.job.join("console.log"), 40)
+            tail(&self.job.join("console.log"), 40),
+            self.daemon_logs
+                .iter()
+                .map(|l| format!("\n--- {} (tail) ---\n{}", l.display(), tail(l, 30)))
+                .collect::<String>()
         );
     }
 }
@@ -223,7 +346,10 @@ impl<'a> Guest<'a> {
         let job = scratch(&format!("{name}-job"));
         std::fs::write(
             job.join("run.sh"),
-            format!("#!/bin/bash\n{GUEST_PRELUDE}\n{script}\n"),
+            format!(
+                "#!/bin/bash\n{GUEST_PRELUDE}\n{}\n{script}\n",
+                Mode::current().guest_vars()
+            ),
         )
         .unwrap();
         let mut perm = std::fs::metadata(job.join("run.sh")).unwrap().permissions();
@@ -256,7 +382,11 @@ impl<'a> Guest<'a> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let child = cmd.spawn().expect("start harness/run-guest.sh");
-        RunningGuest { child, job }
+        RunningGuest {
+            child,
+            job,
+            daemon_logs: self.daemons.iter().map(|d| d.log.clone()).collect(),
+        }
     }
 
     /// Runs the guest to completion.
@@ -269,6 +399,7 @@ impl<'a> Guest<'a> {
 pub struct RunningGuest {
     child: Child,
     pub job: PathBuf,
+    daemon_logs: Vec<PathBuf>,
 }
 
 impl RunningGuest {
@@ -284,6 +415,7 @@ impl RunningGuest {
             status,
             output: format!("{out}\n--- harness ---\n{err}"),
             job: self.job.clone(),
+            daemon_logs: self.daemon_logs.clone(),
         }
     }
 
