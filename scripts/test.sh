@@ -8,3 +8,12 @@ cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --release --locked
 cargo test --locked --workspace
+# The device suites again in each bare-endpoint mode (crates/virtio-epf/tests/support: Mode).
+# Polled registers keep a poller spinning per device, so those guests run one at a time.
+for mode in legacy-poll legacy-doorbell windows; do
+    threads=2
+    [ "$mode" = legacy-poll ] && threads=1
+    echo "== device suites with VIRTIO_EPF_E2E_MODE=$mode"
+    VIRTIO_EPF_E2E_MODE=$mode cargo test --locked -p virtio-epf \
+        --test e2e --test e2e_blk --test e2e_net -- --test-threads=$threads
+done

@@ -45,9 +45,10 @@ pub struct EndpointArgs {
     #[arg(long, default_value = "trap", value_parser = ["trap", "poll"])]
     pub registers: String,
     /// `doorbell`: a host write to the notify area raises an event. `poll`: the endpoint
-    /// polls for notifications with adaptive back-off (needs --registers poll).
-    #[arg(long, default_value = "doorbell", value_parser = ["doorbell", "poll"])]
-    pub notify: String,
+    /// polls for notifications with adaptive back-off (needs --registers poll). Default:
+    /// `poll` with --registers poll, `doorbell` otherwise.
+    #[arg(long, value_parser = ["doorbell", "poll"])]
+    pub notify: Option<String>,
     /// Interrupts towards the host: `msix`, `msi` or `intx`.
     #[arg(long, default_value = "msix", value_parser = ["msix", "msi", "intx"])]
     pub irq: String,
@@ -75,10 +76,11 @@ impl EndpointArgs {
             } else {
                 RegisterAccess::Trap
             },
-            notify: if self.notify == "poll" {
-                NotifyMode::Poll
-            } else {
-                NotifyMode::Doorbell
+            notify: match self.notify.as_deref() {
+                Some("poll") => NotifyMode::Poll,
+                Some(_) => NotifyMode::Doorbell,
+                None if self.registers == "poll" => NotifyMode::Poll,
+                None => NotifyMode::Doorbell,
             },
             irq: match self.irq.as_str() {
                 "msi" => IrqMode::Msi,

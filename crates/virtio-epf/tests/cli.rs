@@ -74,3 +74,55 @@ fn bad_arguments_are_usage_errors() {
         assert!(stderr(&o).contains("error:"), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// Endpoint-mode combinations that cannot work are refused at start with one line saying why,
+/// and leave no socket behind.
+#[test]
+fn impossible_endpoint_modes_are_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-modes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ep.sock");
+    let sock = sock.to_str().unwrap();
+    for (args, why) in [
+        (
+            &["--registers", "poll"][..],
+            "modern layout cannot be polled",
+        ),
+        (
+            &[
+                "--layout",
+                "legacy",
+                "--registers",
+                "poll",
+                "--notify",
+                "doorbell",
+            ],
+            "inside the polled register page",
+        ),
+        (
+            &["--layout", "legacy", "--registers", "poll", "--irq", "intx"],
+            "ISR register to clear on read",
+        ),
+        (&["--irq", "msi"], "no MSI"),
+        (
+            &["--notify", "poll"],
+            "--notify poll is implemented for the legacy layout",
+        ),
+    ] {
+        let mut all = vec!["rng", "--vfio-user", sock];
+        all.extend_from_slice(args);
+        let o = run(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("virtio-epf: ") && last.contains(why),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !std::path::Path::new(sock).exists(),
+            "{args:?} left its socket"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

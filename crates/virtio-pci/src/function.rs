@@ -461,8 +461,7 @@ impl VirtioPciFunction {
             if engine.status() != status_seen.0 {
                 status_seen = (engine.status(), Instant::now());
             }
-            let setting_up =
-                engine.negotiating() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT;
+            let setting_up = engine.negotiating() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT;
             if idle_passes < SPIN_PASSES || setting_up {
                 std::hint::spin_loop();
                 continue;

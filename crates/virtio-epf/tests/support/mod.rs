@@ -51,7 +51,13 @@ pub enum Mode {
 }
 
 /// Options that select an endpoint mode; a test that passes any of them chose its own mode.
-const MODE_OPTIONS: &[&str] = &["--layout", "--registers", "--notify", "--irq", "--host-windows"];
+const MODE_OPTIONS: &[&str] = &[
+    "--layout",
+    "--registers",
+    "--notify",
+    "--irq",
+    "--host-windows",
+];
 
 impl Mode {
     pub fn current() -> Mode {
@@ -79,8 +85,22 @@ impl Mode {
     pub fn args(self) -> &'static [&'static str] {
         match self {
             Mode::Default => &[],
-            Mode::LegacyPoll => &["--layout", "legacy", "--registers", "poll", "--notify", "poll"],
-            Mode::LegacyDoorbell => &["--layout", "legacy", "--registers", "trap", "--notify", "doorbell"],
+            Mode::LegacyPoll => &[
+                "--layout",
+                "legacy",
+                "--registers",
+                "poll",
+                "--notify",
+                "poll",
+            ],
+            Mode::LegacyDoorbell => &[
+                "--layout",
+                "legacy",
+                "--registers",
+                "trap",
+                "--notify",
+                "doorbell",
+            ],
             Mode::Windows => &["--host-windows", "4", "--window-size", "65536"],
         }
     }
@@ -163,8 +183,8 @@ impl Daemon {
     fn launch(mut cmd: Command, name: &str, device: &str, args: &[&str]) -> Daemon {
         let dir = scratch(name);
         let chose_mode = args.iter().any(|a| MODE_OPTIONS.contains(a));
-        let mode = (!chose_mode && ["rng", "console", "blk", "net"].contains(&device))
-            .then(Mode::current);
+        let mode =
+            (!chose_mode && ["rng", "console", "blk", "net"].contains(&device)).then(Mode::current);
         let socket = dir.join("ep.sock");
         let stats = dir.join("stats.txt");
         let log = dir.join("daemon.log");
