@@ -20,8 +20,14 @@
 # virtio-epf relative to the QEMU configuration, oriented so that > 1.0 means virtio-epf is
 # better (throughputs: epf / qemu; latency: qemu / epf).
 #
+# With NET_BENCH_MODES (a list of legacy-poll, legacy-doorbell, windows) virtio-epf also runs in
+# those bare-endpoint modes (the options of the e2e suites' modes); their ratio columns are
+# relative to virtio-epf in the default mode (modern, trapped registers, doorbell): the cost of
+# each constraint.
+#
 # Usage: bench/net.sh            (root; 2 cores is enough, the guest is TCG like the tests)
-# Environment: NET_BENCH_SECONDS (per iperf3 run, default 5), NET_BENCH_ROUNDS (default 3).
+# Environment: NET_BENCH_SECONDS (per iperf3 run, default 5), NET_BENCH_ROUNDS (default 3),
+# NET_BENCH_MODES (default none).
 # Prints the table on stdout; details in the work directory it names.
 
 set -Eeuo pipefail
@@ -106,11 +112,19 @@ run_config() {
 	local name=$1 job="$WORK/job-$1-$2" rc=0
 	rm -rf "$job" && cp -r "$WORK/job" "$job"
 	case $name in
-	epf)
+	epf*)
+		local mode=()
+		case $name in
+		epf) ;;
+		epf-legacy-poll) mode=(--layout legacy --registers poll --notify poll) ;;
+		epf-legacy-doorbell) mode=(--layout legacy --registers trap --notify doorbell) ;;
+		epf-windows) mode=(--host-windows 4 --window-size 65536) ;;
+		*) echo "bench/net.sh: unknown configuration $name" >&2; exit 1 ;;
+		esac
 		mkdir -p "$WORK/sock"
 		rm -f "$WORK/sock/ep.sock"
-		ip netns exec "$NS" "$BIN" net --vfio-user "$WORK/sock/ep.sock" --tap tap0 \
-			--stats-file "$WORK/epf-$2.stats" 2>"$WORK/epf-$2.log" &
+		ip netns exec "$NS" "$BIN" net --vfio-user "$WORK/sock/ep.sock" --tap tap0 "${mode[@]}" \
+			--stats-file "$WORK/$name-$2.stats" 2>"$WORK/$name-$2.log" &
 		local daemon=$!
 		for _ in $(seq 100); do [[ -S $WORK/sock/ep.sock ]] && break; sleep 0.05; done
 		harness/run-guest.sh --job-dir "$job" --quiet --timeout 600 --socket-dir "$WORK/sock" -- \
@@ -145,6 +159,7 @@ if [[ -c /dev/vhost-net ]] && { exec 8<>/dev/vhost-net; } 2>/dev/null; then
 	CONFIGS+=(qemu-vhost)
 	VHOST_NOTE=""
 fi
+for m in ${NET_BENCH_MODES:-}; do CONFIGS+=("epf-$m"); done
 
 echo "virtio-net benchmark: ${ROUNDS} round(s), ${SECS}s per iperf3 run, work dir $WORK" >&2
 for r in $(seq "$ROUNDS"); do
@@ -168,7 +183,10 @@ for c in configs:
     rng[c] = {k: (min(float(r[k]) for r in rows), max(float(r[k]) for r in rows)) for k in keys}
 print(f"medians of {len(rows)} round(s) [min-max]")
 head = f"{'metric':<16}" + "".join(f"{c:>24}" for c in configs)
-head += "".join(f"{'epf/' + c:>18}" for c in configs[1:])
+# qemu columns: epf relative to QEMU; epf-<mode> columns: the mode relative to epf.
+def ratio_name(c):
+    return f"{c[4:]}/epf" if c.startswith("epf-") else f"epf/{c}"
+head += "".join(f"{ratio_name(c):>18}" for c in configs[1:])
 print(head)
 for k in keys:
     line = f"{k:<16}"
@@ -177,9 +195,11 @@ for k in keys:
         line += f"{med[c][k]:>10.1f} [{lo:.0f}-{hi:.0f}]".rjust(24)
     for c in configs[1:]:
         a, b = med["epf"][k], med[c][k]
+        if c.startswith("epf-"):
+            a, b = b, a
         ratio = (b / a) if k == "ping_rtt_us" else (a / b)
         line += f"{ratio:>18.2f}"
     print(line)
-print("(ratios > 1.0: virtio-epf better; for ping_rtt_us the ratio is qemu/epf)")
+print("(ratios > 1.0: the numerator is better; for ping_rtt_us the ratio is inverted)")
 PY
 [[ -z $VHOST_NOTE ]] || echo "$VHOST_NOTE"

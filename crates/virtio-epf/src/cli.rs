@@ -49,7 +49,9 @@ pub struct EndpointArgs {
     /// `poll` with --registers poll, `doorbell` otherwise.
     #[arg(long, value_parser = ["doorbell", "poll"])]
     pub notify: Option<String>,
-    /// Interrupts towards the host: `msix`, `msi` or `intx`.
+    /// Interrupts towards the host: `msix` or `intx`. `msi` is refused with the reason: the
+    /// virtio PCI transport has only MSI-X vectors, and Linux's virtio_pci falls back from
+    /// MSI-X to INTx, never to MSI.
     #[arg(long, default_value = "msix", value_parser = ["msix", "msi", "intx"])]
     pub irq: String,
     /// Reach host memory through at most N outbound windows at a time (mapped on demand,

@@ -103,7 +103,7 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
             &["--layout", "legacy", "--registers", "poll", "--irq", "intx"],
             "ISR register to clear on read",
         ),
-        (&["--irq", "msi"], "no MSI"),
+        (&["--irq", "msi"], "must use --irq intx"),
         (
             &["--notify", "poll"],
             "--notify poll is implemented for the legacy layout",

@@ -114,10 +114,10 @@ fn check_options(o: &FunctionOptions, f: &epf_epc::EpcFeatures) -> Result<(), Fu
     }
     match o.irq {
         IrqMode::Msix if f.irq.msix_vectors == 0 => err("this controller has no MSI-X; use --irq intx"),
-        IrqMode::Msi if f.irq.msi_vectors == 0 => {
-            err("this controller offers no MSI (the vfio-user link exposes MSI-X and INTx); use --irq msix or --irq intx")
-        }
-        IrqMode::Msi => err("MSI is not implemented by the virtio-pci function yet; use --irq msix or --irq intx"),
+        // The virtio PCI transport has vectors only for MSI-X (msix_config, queue_msix_vector)
+        // and Linux's virtio_pci asks for MSI-X alone (vp_request_msix_vectors: PCI_IRQ_MSIX)
+        // before falling back to INTx: a plain MSI capability would never be enabled.
+        IrqMode::Msi => err("the virtio PCI transport has no MSI (only MSI-X vectors), and Linux's virtio_pci uses MSI-X or else INTx; a controller with only MSI must use --irq intx"),
         IrqMode::Intx if !f.irq.intx => err("this controller has no INTx"),
         _ => Ok(()),
     }

@@ -38,6 +38,8 @@ pub enum NotifyMode {
 pub enum IrqMode {
     #[default]
     Msix,
+    /// Refused: virtio over PCI defines only MSI-X vectors, and Linux's virtio_pci never
+    /// enables plain MSI (it falls back to INTx).
     Msi,
     Intx,
 }
