@@ -34,17 +34,9 @@ none) EPF_CACHE=(--direct) QEMU_CACHE=none ;;
 *) echo "--cache must be writeback or none" >&2; exit 2 ;;
 esac
 
-cargo build --release --locked -q -p virtio-epf
-bin=$PWD/target/release/virtio-epf
-work=$(mktemp -d /tmp/virtio-epf-blkbench.XXXXXX)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf -- "$work"
-}
-trap cleanup EXIT
-mkdir "$work/sock" "$work/job"
+source scripts/lib.sh
+epf_setup blkbench
+work=$EPF_WORK
 
 # The image: real data (not holes), so reads move bytes.
 echo "creating a ${SIZE} MiB image in $work"
@@ -53,15 +45,10 @@ head -c "$((SIZE << 20))" /dev/urandom >"$work/sock/disk.img"
 cp "$work/sock/disk.img" "$work/sock/disk2.img"
 sync
 
-"$bin" blk --vfio-user "$work/sock/uring.sock" --image "$work/sock/disk.img" --serial EPF-URING \
-	--engine io-uring "${EPF_CACHE[@]}" --stats-file "$work/uring.stats" 2>"$work/uring.log" &
-pids+=($!)
-"$bin" blk --vfio-user "$work/sock/threads.sock" --image "$work/sock/disk2.img" --serial EPF-THREADS \
-	--engine threads "${EPF_CACHE[@]}" --stats-file "$work/threads.stats" 2>"$work/threads.log" &
-pids+=($!)
-for s in uring.sock threads.sock; do
-	for _ in $(seq 100); do [ -S "$work/sock/$s" ] && break; sleep 0.05; done
-done
+epf_daemon uring blk --image "$work/sock/disk.img" --serial EPF-URING --engine io-uring "${EPF_CACHE[@]}"
+epf_daemon threads blk --image "$work/sock/disk2.img" --serial EPF-THREADS --engine threads "${EPF_CACHE[@]}"
+epf_qemu_function 1 uring
+epf_qemu_function 2 threads
 
 cat >"$work/job/run.sh" <<GUEST
 #!/bin/bash
@@ -115,11 +102,7 @@ chmod +x "$work/job/run.sh"
 echo "booting the guest (1 vCPU, TCG); about $(((RUNTIME + 3) * 12 * ROUNDS + 30)) s"
 harness/run-guest.sh --quiet --timeout $(((RUNTIME + 10) * 12 * ROUNDS + 300)) --job-dir "$work/job" --socket-dir "$work/sock" -- \
 	-drive "file=$work/sock/disk.img,if=none,id=qd,format=raw,cache=$QEMU_CACHE,file.locking=off" \
-	-device "virtio-blk-pci,drive=qd,serial=QEMU-BLK,disable-legacy=on" \
-	-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
-	-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp1\",\"socket\":{\"path\":\"$work/sock/uring.sock\",\"type\":\"unix\"}}" \
-	-device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2 \
-	-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp2\",\"socket\":{\"path\":\"$work/sock/threads.sock\",\"type\":\"unix\"}}" ||
+	-device "virtio-blk-pci,drive=qd,serial=QEMU-BLK,disable-legacy=on" "${EPF_QEMU[@]}" ||
 	{ cat "$work/job/output.log"; exit 1; }
 
 chroot_dir=${VIRTIO_EPF_CACHE:-/var/cache/virtio-epf}/chroot

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# What each bare-endpoint constraint costs: one guest, four virtio-epf blk disks on copies of
+# What each bare-endpoint constraint costs: one guest, five virtio-epf blk disks on copies of
 # the same image -- modern/trapped (the reference), legacy/polled registers+notifications,
-# modern through 4 x 64 KiB outbound windows, and legacy/polled through the windows -- and the
+# legacy/trapped registers with QUEUE_NOTIFY as the doorbell, modern through 4 x 64 KiB
+# outbound windows, and legacy/polled through the windows -- and the
 # same fio rows as bench/blk.sh on each, printed with the ratio to the reference.
 # Usage: bench/modes.sh [--runtime SEC]   (not part of the test suite)
 set -Eeuo pipefail
@@ -9,34 +10,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RUNTIME=5
 [[ ${1:-} == --runtime ]] && RUNTIME=$2
 scripts/prepare.sh >/dev/null
-cargo build --release --locked -q
-bin=$PWD/target/release/virtio-epf
-work=$(mktemp -d /tmp/virtio-epf-modes.XXXXXX)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf -- "$work"
-}
-trap cleanup EXIT
-mkdir "$work/sock" "$work/job"
+source scripts/lib.sh
+epf_setup modes
+work=$EPF_WORK
 head -c $((256 << 20)) /dev/urandom >"$work/base.img"
-names=(trapped poll windows poll+windows)
-modes=("" "--layout legacy --registers poll --notify poll" "--host-windows 4 --window-size 65536"
+names=(trapped poll legacy-doorbell windows poll+windows)
+modes=("" "--layout legacy --registers poll --notify poll" "--layout legacy --registers trap --notify doorbell"
+	"--host-windows 4 --window-size 65536"
 	"--layout legacy --registers poll --notify poll --host-windows 4 --window-size 65536")
-qemu=()
 for i in "${!names[@]}"; do
 	cp "$work/base.img" "$work/d$i.img"
 	# shellcheck disable=SC2086 # the mode is a list of options
-	"$bin" blk --vfio-user "$work/sock/d$i.sock" --image "$work/d$i.img" --serial "d$i" ${modes[i]} \
-		2>"$work/d$i.log" &
-	pids+=($!)
-	s=$((i + 1))
-	qemu+=(-device "pcie-root-port,id=rp$s,bus=pcie.0,chassis=$s,slot=$s"
-		-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp$s\",\"socket\":{\"path\":\"$work/sock/d$i.sock\",\"type\":\"unix\"}}")
-done
-for i in "${!names[@]}"; do
-	for _ in $(seq 100); do [ -S "$work/sock/d$i.sock" ] && break; sleep 0.05; done
+	epf_daemon "d$i" blk --image "$work/d$i.img" --serial "d$i" ${modes[i]}
+	epf_qemu_function $((i + 1)) "d$i"
 done
 cat >"$work/job/run.sh" <<GUEST
 #!/bin/bash
@@ -54,7 +40,7 @@ for b in /sys/block/vd*; do
 done
 GUEST
 chmod +x "$work/job/run.sh"
-harness/run-guest.sh --job-dir "$work/job" --socket-dir "$work/sock" --timeout 900 --quiet -- "${qemu[@]}"
+harness/run-guest.sh --job-dir "$work/job" --socket-dir "$work/sock" --timeout 900 --quiet -- "${EPF_QEMU[@]}"
 echo
 printf '%-22s' row; for n in "${names[@]}"; do printf '%16s' "$n"; done; echo "   (IOPS for 4k rows, MiB/s for 1M rows; ratio to trapped)"
 for row in randread-4k-qd1 randread-4k-qd32 read-1M-qd4 write-1M-qd4; do

@@ -36,18 +36,16 @@ SECS=${NET_BENCH_SECONDS:-5}
 ROUNDS=${NET_BENCH_ROUNDS:-3}
 [[ $EUID -eq 0 ]] || { echo "bench/net.sh: must run as root" >&2; exit 1; }
 
-cargo build --release --locked -q -p virtio-epf
-BIN=$PWD/target/release/virtio-epf
-WORK=$(mktemp -d /tmp/virtio-epf-netbench.XXXXXX)
+source scripts/lib.sh
+epf_setup netbench
+EPF_KEEP_WORK=1 # the table names it; per-run details stay there
+WORK=$EPF_WORK
 NS="epf-bench-$$"
 PEER=10.77.0.1
 GUEST=10.77.0.2/24
-PIDS=()
 
 cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	epf_cleanup
 	ip netns del "$NS" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -59,7 +57,7 @@ ip netns exec "$NS" ip tuntap add dev tap0 mode tap vnet_hdr
 ip netns exec "$NS" ip addr add "$PEER/24" dev tap0
 ip netns exec "$NS" ip link set tap0 up
 ip netns exec "$NS" harness/peer.sh iperf3 -s -B "$PEER" --idle-timeout 900 >"$WORK/iperf3-server.log" 2>&1 &
-PIDS+=($!)
+EPF_PIDS+=($!)
 
 mkdir -p "$WORK/job"
 cat >"$WORK/job/run.sh" <<EOF
@@ -121,15 +119,12 @@ run_config() {
 		epf-windows) mode=(--host-windows 4 --window-size 65536) ;;
 		*) echo "bench/net.sh: unknown configuration $name" >&2; exit 1 ;;
 		esac
-		mkdir -p "$WORK/sock"
-		rm -f "$WORK/sock/ep.sock"
-		ip netns exec "$NS" "$BIN" net --vfio-user "$WORK/sock/ep.sock" --tap tap0 "${mode[@]}" \
-			--stats-file "$WORK/$name-$2.stats" 2>"$WORK/$name-$2.log" &
-		local daemon=$!
-		for _ in $(seq 100); do [[ -S $WORK/sock/ep.sock ]] && break; sleep 0.05; done
-		harness/run-guest.sh --job-dir "$job" --quiet --timeout 600 --socket-dir "$WORK/sock" -- \
-			-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
-			-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp1\",\"socket\":{\"path\":\"$WORK/sock/ep.sock\",\"type\":\"unix\"}}" \
+		EPF_WRAP=(ip netns exec "$NS")
+		EPF_QEMU=()
+		epf_daemon "$name-$2" net --tap tap0 "${mode[@]}"
+		local daemon=$EPF_PID
+		epf_qemu_function 1 "$name-$2"
+		harness/run-guest.sh --job-dir "$job" --quiet --timeout 600 --socket-dir "$WORK/sock" -- "${EPF_QEMU[@]}" \
 			>"$job.out" 2>&1 || rc=$?
 		kill "$daemon" && wait "$daemon" || true
 		;;
@@ -186,7 +181,7 @@ head = f"{'metric':<16}" + "".join(f"{c:>24}" for c in configs)
 # qemu columns: epf relative to QEMU; epf-<mode> columns: the mode relative to epf.
 def ratio_name(c):
     return f"{c[4:]}/epf" if c.startswith("epf-") else f"epf/{c}"
-head += "".join(f"{ratio_name(c):>18}" for c in configs[1:])
+head += "".join(f"{ratio_name(c):>22}" for c in configs[1:])
 print(head)
 for k in keys:
     line = f"{k:<16}"
@@ -198,7 +193,7 @@ for k in keys:
         if c.startswith("epf-"):
             a, b = b, a
         ratio = (b / a) if k == "ping_rtt_us" else (a / b)
-        line += f"{ratio:>18.2f}"
+        line += f"{ratio:>22.2f}"
     print(line)
 print("(ratios > 1.0: the numerator is better; for ping_rtt_us the ratio is inverted)")
 PY

@@ -6,28 +6,13 @@
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/prepare.sh
-cargo build --release --locked -q
-bin=$PWD/target/release/virtio-epf
+source scripts/lib.sh
+epf_setup demo
+work=$EPF_WORK
 
-work=$(mktemp -d /tmp/virtio-epf-demo.XXXXXX)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf -- "$work"
-}
-trap cleanup EXIT
-mkdir "$work/sock" "$work/job"
-
-"$bin" rng --vfio-user "$work/sock/rng.sock" --stats-file "$work/rng.stats" 2>"$work/rng.log" &
-pids+=($!)
-"$bin" console --vfio-user "$work/sock/console.sock" --backend "unix:$work/console-backend.sock" \
-	--stats-file "$work/console.stats" 2>"$work/console.log" &
-pids+=($!)
-for s in rng.sock console.sock; do
-	for _ in $(seq 100); do [ -S "$work/sock/$s" ] && break; sleep 0.05; done
-done
-for _ in $(seq 100); do [ -S "$work/console-backend.sock" ] && break; sleep 0.05; done
+epf_daemon rng rng
+epf_daemon console console --backend "unix:$work/console-backend.sock"
+epf_wait_socket "$work/console-backend.sock"
 
 # The endpoint's console backend: print what the guest writes, answer with a greeting.
 python3 - "$work/console-backend.sock" >"$work/from-guest.txt" <<'PY' &
@@ -41,7 +26,7 @@ while not data.endswith(b"over\n"):
 sys.stdout.write(data.decode(errors="replace")); sys.stdout.flush()
 s.sendall(b"hello guest, this is the endpoint\n")
 PY
-pids+=($!)
+EPF_PIDS+=($!)
 
 cat >"$work/job/run.sh" <<'GUEST'
 #!/bin/bash
@@ -65,11 +50,9 @@ grep -E 'PCI-MSIX-0000:0[12]:00.0' /proc/interrupts
 GUEST
 chmod +x "$work/job/run.sh"
 
-harness/run-guest.sh --job-dir "$work/job" --socket-dir "$work/sock" --timeout 180 -- \
-	-device pcie-root-port,id=rp1,bus=pcie.0,chassis=1,slot=1 \
-	-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp1\",\"socket\":{\"path\":\"$work/sock/rng.sock\",\"type\":\"unix\"}}" \
-	-device pcie-root-port,id=rp2,bus=pcie.0,chassis=2,slot=2 \
-	-device "{\"driver\":\"vfio-user-pci\",\"bus\":\"rp2\",\"socket\":{\"path\":\"$work/sock/console.sock\",\"type\":\"unix\"}}"
+epf_qemu_function 1 rng
+epf_qemu_function 2 console
+harness/run-guest.sh --job-dir "$work/job" --socket-dir "$work/sock" --timeout 180 -- "${EPF_QEMU[@]}"
 sleep 1.2
 echo "== the endpoint's console backend received: $(cat "$work/from-guest.txt")"
 echo "== endpoint counters (virtio-epf rng)"; cat "$work/rng.stats"

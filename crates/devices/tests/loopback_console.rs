@@ -34,7 +34,7 @@ fn console_up(rig: &Rig, features: u64) -> (VirtioPciDriver, HostQueue, HostQueu
 fn console_moves_a_mebibyte_each_way_concurrently() {
     bounded(LIMIT, || {
         let (backend, ends) = chan_backend(Stall::default());
-        let rig = Rig::new(Box::new(
+        let rig = rig(Box::new(
             ConsoleDevice::new(backend, DEFAULT_PIPE_BYTES).unwrap(),
         ));
         let (drv, mut rx, mut tx) = console_up(&rig, ALL_FEATURES);
@@ -115,7 +115,7 @@ fn console_stalling_backend_loses_nothing_and_keeps_order() {
             gate: Some(gate.clone()),
         });
         let pipe = 4096;
-        let rig = Rig::new(Box::new(ConsoleDevice::new(backend, pipe).unwrap()));
+        let rig = rig(Box::new(ConsoleDevice::new(backend, pipe).unwrap()));
         let (drv, _rx, mut tx) = console_up(&rig, ALL_FEATURES);
         let bus = rig.bus();
         let data = Prng::new(99).bytes(MIB);
@@ -195,7 +195,7 @@ fn console_stalling_backend_loses_nothing_and_keeps_order() {
 fn input_waits_for_receive_buffers(features: u64) {
     {
         let (backend, ends) = chan_backend(Stall::default());
-        let rig = Rig::new(Box::new(ConsoleDevice::new(backend, 4096).unwrap()));
+        let rig = rig(Box::new(ConsoleDevice::new(backend, 4096).unwrap()));
         let (drv, mut rx, _tx) = console_up(&rig, features);
         let bus = rig.bus();
         let data = Prng::new(1234).bytes(256 * 1024);
@@ -264,7 +264,7 @@ fn console_over_a_unix_socket_pair() {
             input: Box::new(theirs.try_clone().unwrap()),
             output: Box::new(theirs),
         };
-        let rig = Rig::new(Box::new(ConsoleDevice::new(backend, 16 * 1024).unwrap()));
+        let rig = rig(Box::new(ConsoleDevice::new(backend, 16 * 1024).unwrap()));
         let (drv, mut rx, mut tx) = console_up(&rig, ALL_FEATURES);
         let mut rng = Prng::new(77);
         let (to_backend, to_host) = (rng.bytes(256 * 1024), rng.bytes(256 * 1024));

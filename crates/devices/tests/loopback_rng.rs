@@ -214,7 +214,7 @@ fn read_entropy(rig: &Rig, q: &mut HostQueue, host: &mut RngHost, rng: &mut Prng
 }
 
 fn read_one_mib(features: u64, seed: u64) {
-    let rig = Rig::new(Box::new(RngDevice::new(256)));
+    let rig = rig(Box::new(RngDevice::new(256)));
     let (drv, mut q) = rng_up(&rig, features, None);
     let negotiated = drv.negotiated_features();
     assert_eq!(q.event_idx(), negotiated & feature(VIRTIO_F_EVENT_IDX) != 0);
@@ -272,7 +272,7 @@ fn rng_reads_a_mebibyte_with_indirect_without_event_idx() {
 #[test]
 fn rng_buffers_posted_before_driver_ok_complete_after_it() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(256)));
+        let rig = rig(Box::new(RngDevice::new(256)));
         let bus = rig.bus();
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
@@ -303,7 +303,7 @@ fn rng_buffers_posted_before_driver_ok_complete_after_it() {
 /// EVENT_IDX, `used_event` with it (Linux's `virtqueue_disable_cb`), and interrupts resume
 /// after `virtqueue_enable_cb`.
 fn suppression(features: u64) {
-    let rig = Rig::new(Box::new(RngDevice::new(256)));
+    let rig = rig(Box::new(RngDevice::new(256)));
     let bus = rig.bus();
     let (_drv, mut q) = rng_up(&rig, features, None);
     let buf = bus.alloc(64, 64).unwrap();
@@ -361,7 +361,7 @@ fn rng_interrupt_suppression_without_event_idx() {
 #[test]
 fn rng_fills_a_direct_prefix_followed_by_an_indirect_table() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(256)));
+        let rig = rig(Box::new(RngDevice::new(256)));
         let bus = rig.bus();
         let (_drv, mut q) = rng_up(&rig, ALL_FEATURES, Some(16));
         let area = bus.alloc(8192, 64).unwrap();
@@ -401,7 +401,7 @@ fn rng_fills_a_direct_prefix_followed_by_an_indirect_table() {
 #[test]
 fn rng_throughput_of_64k_requests() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(256)));
+        let rig = rig(Box::new(RngDevice::new(256)));
         let bus = rig.bus();
         let (_drv, mut q) = rng_up(&rig, ALL_FEATURES, None);
         let bufs: Vec<u64> = (0..32).map(|_| bus.alloc(65536, 64).unwrap()).collect();
@@ -437,7 +437,7 @@ fn rng_throughput_of_64k_requests() {
 #[test]
 fn rng_large_buffers_are_capped_per_request() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(256)));
+        let rig = rig(Box::new(RngDevice::new(256)));
         let (_drv, mut q) = rng_up(&rig, ALL_FEATURES, None);
         let bus = rig.bus();
         let len = 3 * MAX_REQUEST;
@@ -463,7 +463,7 @@ fn rng_large_buffers_are_capped_per_request() {
 #[test]
 fn rng_stress_2000_random_requests_over_queue_sizes_1_to_1024() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(1024)));
+        let rig = rig(Box::new(RngDevice::new(1024)));
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
         let mut host = RngHost::new(rig.bus(), 64, 16 * 1024);
@@ -507,7 +507,7 @@ fn rng_stress_2000_random_requests_over_queue_sizes_1_to_1024() {
 /// every completion must interrupt; in batch mode up to a full ring of requests is in flight
 /// across the wrap and every wait must still end with an interrupt.
 fn wrap_indices(features: u64, seed: u64, lockstep: bool) {
-    let rig = Rig::new(Box::new(RngDevice::new(256)));
+    let rig = rig(Box::new(RngDevice::new(256)));
     let (drv, mut q) = rng_up(&rig, features, Some(256));
     let bus = rig.bus();
     let mut rng = Prng::new(seed);

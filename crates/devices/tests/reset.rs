@@ -63,7 +63,7 @@ impl Abandoned {
 fn console(pipe: usize, stall: Stall) -> (Rig, ConsoleEnds) {
     let (backend, ends) = chan_backend(stall);
     (
-        Rig::new(Box::new(ConsoleDevice::new(backend, pipe).unwrap())),
+        rig(Box::new(ConsoleDevice::new(backend, pipe).unwrap())),
         ends,
     )
 }
@@ -267,7 +267,7 @@ fn function_reset_during_a_stalled_transmit() {
 #[test]
 fn resets_during_heavy_rng_traffic() {
     bounded(LIMIT, || {
-        let rig = Rig::new(Box::new(RngDevice::new(256)));
+        let rig = rig(Box::new(RngDevice::new(256)));
         let bus = rig.bus();
         let mut drv = rig.driver();
         assert!(drv.enable_msix());

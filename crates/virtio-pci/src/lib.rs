@@ -26,6 +26,8 @@ pub mod options;
 pub mod pci_cfg_window;
 pub mod registers;
 pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod worker;
 
 pub use function::{FunctionError, VirtioPciFunction};

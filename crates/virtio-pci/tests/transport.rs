@@ -61,7 +61,7 @@ fn config_request(rig: &Rig, q: &mut HostQueue, bytes: [u8; 4]) {
 fn probe_finds_the_five_vendor_capabilities_and_msix() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let drv = rig.driver();
         assert_eq!(bus.config_read16(PCI_VENDOR_ID), VIRTIO_PCI_VENDOR_ID);
@@ -115,7 +115,7 @@ fn probe_finds_the_five_vendor_capabilities_and_msix() {
 fn feature_words_and_features_ok_refusal() {
     bounded(LIMIT, || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let mut drv = rig.driver();
         drv.reset().unwrap();
         assert_eq!(drv.device_features(), TRANSPORT | DEV_F_A | DEV_F_B);
@@ -172,7 +172,7 @@ fn feature_words_and_features_ok_refusal() {
 fn reset_writes_zero_polls_zero_and_restores_every_register() {
     bounded(LIMIT, || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
         // A reset of a device never activated completes at once.
@@ -225,7 +225,7 @@ fn reset_writes_zero_polls_zero_and_restores_every_register() {
 fn status_reads_old_value_until_a_slow_device_reset_is_done() {
     bounded(LIMIT, || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let (drv, _qs) = negotiated(&rig);
         assert!(wait_until(WAIT, || probe
             .activations
@@ -268,7 +268,7 @@ fn status_reads_old_value_until_a_slow_device_reset_is_done() {
 fn function_reset_while_a_driver_reset_is_pending() {
     bounded(LIMIT, || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let (drv, _qs) = negotiated(&rig);
         assert!(wait_until(WAIT, || probe
@@ -308,7 +308,7 @@ fn function_reset_while_a_driver_reset_is_pending() {
 fn features_beyond_bit_63_count_as_last_written() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let drv = rig.driver();
         let attempt = |words: &[(u32, u32)]| {
             drv.reset().unwrap();
@@ -339,7 +339,7 @@ fn features_beyond_bit_63_count_as_last_written() {
 fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
         drv.init(u64::MAX).unwrap();
@@ -386,7 +386,7 @@ fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
 fn queue_msix_vector_read_back() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
         drv.init(u64::MAX).unwrap();
@@ -443,7 +443,7 @@ fn queue_msix_vector_read_back() {
 fn queue_notify_off_and_multiplier_address_each_queue() {
     bounded(LIMIT, || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let (drv, mut qs) = negotiated(&rig);
         let caps = drv.caps().clone();
         assert!(caps.notify_off_multiplier >= 2 && caps.notify_off_multiplier % 2 == 0);
@@ -492,7 +492,7 @@ fn queue_notify_off_and_multiplier_address_each_queue() {
 fn device_config_change_bumps_generation_and_raises_the_config_vector() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let (drv, mut qs) = negotiated(&rig);
         let mut b = [0u8; 4];
@@ -533,7 +533,7 @@ fn device_config_change_bumps_generation_and_raises_the_config_vector() {
 fn config_vector_is_used_as_read_back_whenever_it_was_written() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
@@ -559,7 +559,7 @@ fn config_vector_is_used_as_read_back_whenever_it_was_written() {
 fn isr_is_read_to_clear_and_drives_intx_without_msix() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let mut drv = rig.driver();
         // MSI-X never enabled: INTx + ISR.
@@ -615,7 +615,7 @@ fn isr_is_read_to_clear_and_drives_intx_without_msix() {
 fn reset_deasserts_a_pending_intx() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let bus = rig.c.host();
         let mut drv = rig.driver();
         drv.init(u64::MAX).unwrap();
@@ -651,7 +651,7 @@ fn reset_deasserts_a_pending_intx() {
 fn pci_cfg_access_capability_reaches_the_common_and_device_config() {
     bounded(LIMIT, || {
         let (dev, _) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let drv = rig.driver();
         drv.reset().unwrap();
         let common = drv.caps().common;
@@ -715,7 +715,7 @@ fn pci_cfg_access_capability_reaches_the_common_and_device_config() {
 fn buffers_added_during_rearm_are_not_stranded() {
     bounded(Duration::from_secs(30), || {
         let (dev, probe) = TestDevice::boxed();
-        let rig = Rig::new(dev);
+        let rig = rig(dev);
         let (_drv, queues) = negotiated(&rig);
         let mut it = queues.into_iter();
         let mut first = it.next().unwrap();

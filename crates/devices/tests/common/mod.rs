@@ -7,13 +7,14 @@
 
 use epf_device::VirtioDevice;
 use epf_devices::console::Backend;
-use epf_epc::EndpointController;
 use epf_loopback::host_driver::spec::*;
 use epf_loopback::host_driver::{HostQueue, VirtioPciDriver};
-use epf_loopback::{HostBus, LoopbackController, LoopbackOptions};
-use epf_virtio_pci::VirtioPciFunction;
+use epf_loopback::{HostBus, LoopbackOptions};
+// Each test binary uses a subset of the shared fixtures.
+#[allow(unused_imports)]
+pub use epf_virtio_pci::testing::{bounded, wait_until, Rig};
 use std::io::{Read, Write};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,39 +24,10 @@ pub const NEEDS_RESET: u8 = STATUS_DEVICE_NEEDS_RESET;
 pub const ALL_FEATURES: u64 = u64::MAX;
 pub const NO_RING_FEATURES: u64 = 0;
 
-/// Runs `body` on its own thread and fails the test if it does not finish within `limit`.
-pub fn bounded<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
-    let (tx, rx) = channel();
-    let t = std::thread::Builder::new()
-        .name("test-body".into())
-        .spawn(move || {
-            body();
-            let _ = tx.send(());
-        })
-        .unwrap();
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().unwrap(),
-        Err(RecvTimeoutError::Disconnected) => {
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("test did not finish within {limit:?} (hang)"),
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+/// The devices' rig: the function on a loopback host with 64 MiB of RAM (room for the
+/// mebibyte transfers).
+pub fn rig(device: Box<dyn VirtioDevice>) -> Rig {
+    Rig::with_options(LoopbackOptions::default().with_ram_size(64 << 20), device)
 }
 
 /// xorshift64*: deterministic test data and choices without extra dependencies.
@@ -88,64 +60,6 @@ impl Prng {
         }
         v.truncate(n);
         v
-    }
-}
-
-/// A loopback controller with the real virtio-pci function on it.
-pub struct Rig {
-    pub c: Arc<LoopbackController>,
-    pub f: Arc<VirtioPciFunction>,
-}
-
-impl Rig {
-    pub fn new(device: Box<dyn VirtioDevice>) -> Rig {
-        Self::with_options(LoopbackOptions::default().with_ram_size(64 << 20), device)
-    }
-
-    pub fn with_options(opts: LoopbackOptions, device: Box<dyn VirtioDevice>) -> Rig {
-        let c = Arc::new(LoopbackController::new(opts).unwrap());
-        let epc: Arc<dyn EndpointController> = c.clone();
-        let f = VirtioPciFunction::start(epc, device).unwrap();
-        Rig { c, f }
-    }
-
-    pub fn bus(&self) -> HostBus {
-        self.c.host()
-    }
-
-    /// A freshly probed host driver.
-    pub fn driver(&self) -> VirtioPciDriver {
-        VirtioPciDriver::probe(self.c.host()).unwrap()
-    }
-
-    /// End-of-test check: no host-memory access outside host RAM ever happened.
-    pub fn finish(self) {
-        assert_eq!(
-            self.c.oob_attempts(),
-            0,
-            "the endpoint attempted host-memory accesses outside host RAM"
-        );
-        assert_eq!(
-            self.c.stats().irqs_refused,
-            0,
-            "the function raised interrupts the host had not enabled"
-        );
-    }
-
-    /// End-of-test check after function-level resets, which may race with interrupts the
-    /// device raises: only the host-memory check applies.
-    pub fn finish_after_flr(self) {
-        assert_eq!(
-            self.c.oob_attempts(),
-            0,
-            "the endpoint attempted host-memory accesses outside host RAM"
-        );
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.f.stop();
     }
 }
 

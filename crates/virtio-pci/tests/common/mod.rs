@@ -4,105 +4,17 @@
 #![allow(dead_code)]
 
 use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
-use epf_epc::EndpointController;
-use epf_loopback::host_driver::VirtioPciDriver;
-use epf_loopback::{LoopbackController, LoopbackOptions};
-use epf_virtio_pci::VirtioPciFunction;
+use epf_loopback::LoopbackOptions;
+// Each test binary uses a subset of the shared fixtures.
+#[allow(unused_imports)]
+pub use epf_virtio_pci::testing::{bounded, wait_until, Rig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Runs `body` on its own thread and fails the test if it does not finish within `limit`
-/// (a hang becomes a failure instead of a stuck test run).
-pub fn bounded<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t = std::thread::Builder::new()
-        .name("test-body".into())
-        .spawn(move || {
-            body();
-            let _ = tx.send(());
-        })
-        .unwrap();
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().unwrap(),
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            // The body panicked: re-raise its panic here.
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            panic!("test did not finish within {limit:?} (hang)")
-        }
-    }
-}
-
-/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// A loopback controller with the real virtio-pci function on it.
-pub struct Rig {
-    pub c: Arc<LoopbackController>,
-    pub f: Arc<VirtioPciFunction>,
-}
-
-impl Rig {
-    pub fn new(device: Box<dyn VirtioDevice>) -> Rig {
-        Self::with_options(LoopbackOptions::default(), device)
-    }
-
-    pub fn with_options(opts: LoopbackOptions, device: Box<dyn VirtioDevice>) -> Rig {
-        let c = Arc::new(LoopbackController::new(opts).unwrap());
-        let epc: Arc<dyn EndpointController> = c.clone();
-        let f = VirtioPciFunction::start(epc, device).unwrap();
-        Rig { c, f }
-    }
-
-    /// A freshly probed host driver (like a host binding its driver).
-    pub fn driver(&self) -> VirtioPciDriver {
-        VirtioPciDriver::probe(self.c.host()).unwrap()
-    }
-
-    /// End-of-test checks: no host-memory access outside host RAM ever happened.
-    pub fn finish(self) {
-        assert_eq!(
-            self.c.oob_attempts(),
-            0,
-            "the endpoint attempted host-memory accesses outside host RAM"
-        );
-        assert_eq!(
-            self.c.stats().irqs_refused,
-            0,
-            "the function raised interrupts the host had not enabled"
-        );
-    }
-
-    /// End-of-test check after function-level resets, which may race with interrupts the
-    /// device raises: only the host-memory check applies.
-    pub fn finish_after_flr(self) {
-        assert_eq!(
-            self.c.oob_attempts(),
-            0,
-            "the endpoint attempted host-memory accesses outside host RAM"
-        );
-    }
-}
-
-impl Drop for Rig {
-    fn drop(&mut self) {
-        self.f.stop();
-    }
+/// The transport tests' rig: the function on a default loopback host.
+pub fn rig(device: Box<dyn VirtioDevice>) -> Rig {
+    Rig::with_options(LoopbackOptions::default(), device)
 }
 
 /// The test device's device-specific feature bits.

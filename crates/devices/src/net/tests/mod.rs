@@ -18,7 +18,6 @@ use epf_virtio_pci::VirtioPciFunction;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +29,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// Runs `body` on a thread inside a new network namespace, failing the test if it does not
 /// finish within `limit`.
 pub fn in_netns<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
-    let (tx, rx) = channel();
-    let t = std::thread::spawn(move || {
+    epf_virtio_pci::testing::bounded(limit, move || {
         // SAFETY: unshare(2) with CLONE_NEWNET only changes this thread's network namespace.
         let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(
@@ -41,17 +39,7 @@ pub fn in_netns<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
             std::io::Error::last_os_error()
         );
         body();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(()) => t.join().unwrap(),
-        Err(RecvTimeoutError::Disconnected) => {
-            if let Err(p) = t.join() {
-                std::panic::resume_unwind(p);
-            }
-        }
-        Err(RecvTimeoutError::Timeout) => panic!("test did not finish within {limit:?} (hang)"),
-    }
+    })
 }
 
 /// Runs `ip ARGS` (in the calling thread's namespace), which must succeed.
