@@ -35,4 +35,8 @@ pub enum HostMemError {
     /// No outbound window could be set up for the access.
     #[error("no outbound window available for {addr:#x}")]
     NoWindow { addr: u64 },
+    /// The host took the memory away (truncated the file behind a mapping); see
+    /// [`crate::fault_guard`]. The mapping stays unusable until the host maps memory again.
+    #[error("host memory at {addr:#x} is gone (the host truncated the file behind it)")]
+    Lost { addr: u64 },
 }

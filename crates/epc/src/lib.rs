@@ -21,6 +21,7 @@ mod bar;
 mod config_space;
 mod controller;
 mod error;
+pub mod fault_guard;
 mod header;
 mod host_memory;
 mod irq;

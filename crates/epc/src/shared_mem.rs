@@ -1,7 +1,11 @@
 //! A mapping of memory shared with the host: endpoint BAR memory (memfd we create) or host
 //! RAM handed to us as a file descriptor. All accesses are bounds checked and volatile, since
-//! the other side changes the memory concurrently.
+//! the other side changes the memory concurrently. Host RAM is mapped with
+//! [`SharedMemory::map_foreign`], which guards it against the host truncating the file under
+//! us ([`crate::fault_guard`]): accesses then fail with [`HostMemError::Lost`] instead of
+//! killing the process.
 
+use crate::fault_guard::{self, Guard};
 use crate::HostMemError;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -13,6 +17,8 @@ pub struct SharedMemory {
     len: usize,
     fd: Option<OwnedFd>,
     fd_offset: u64,
+    /// Set for foreign mappings: tells whether the host took pages away.
+    guard: Option<Guard>,
 }
 
 // SAFETY: the mapping is plain memory owned by this object until drop; every access goes
@@ -84,7 +90,37 @@ impl SharedMemory {
             len,
             fd: Some(fd),
             fd_offset: offset,
+            guard: None,
         })
+    }
+
+    /// Like [`SharedMemory::map`], for a file the host owns and may truncate at any time: a
+    /// page that disappears is replaced by a zero page and the mapping reports itself lost
+    /// ([`HostMemError::Lost`] from then on) instead of the process dying of SIGBUS.
+    pub fn map_foreign(
+        fd: OwnedFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> std::io::Result<Self> {
+        let mut m = Self::map(fd, offset, len, writable)?;
+        m.guard = Some(fault_guard::register(m.ptr.as_ptr() as usize, len)?);
+        Ok(m)
+    }
+
+    /// Whether the host took pages of this mapping away (only foreign mappings can tell).
+    pub fn is_lost(&self) -> bool {
+        self.guard.as_ref().is_some_and(Guard::lost)
+    }
+
+    /// Called after every access: an access that touched a lost page returns an error, so
+    /// nothing is built on the zeros it may have read.
+    #[inline]
+    fn intact(&self, off: u64) -> Result<(), HostMemError> {
+        if self.is_lost() {
+            return Err(HostMemError::Lost { addr: off });
+        }
+        Ok(())
     }
 
     /// Length in bytes.
@@ -130,7 +166,7 @@ impl SharedMemory {
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(o), buf.as_mut_ptr(), buf.len())
         };
-        Ok(())
+        self.intact(off)
     }
 
     /// Copies bytes into the mapping at `off`.
@@ -142,7 +178,7 @@ impl SharedMemory {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(o), data.len())
         };
-        Ok(())
+        self.intact(off)
     }
 
     /// Atomically loads an aligned u16 (acquire: later loads are not hoisted above it).
@@ -156,7 +192,8 @@ impl SharedMemory {
         // SAFETY: in bounds and 2-byte aligned (the mapping is page aligned); AtomicU16 has the
         // layout of u16.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU16) };
-        Ok(u16::from_le(a.load(Ordering::Acquire)))
+        let v = u16::from_le(a.load(Ordering::Acquire));
+        self.intact(off).map(|()| v)
     }
 
     /// Atomically stores an aligned u16 (relaxed; callers add fences).
@@ -168,7 +205,7 @@ impl SharedMemory {
         // SAFETY: as in `load_u16`.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU16) };
         a.store(v.to_le(), Ordering::Relaxed);
-        Ok(())
+        self.intact(off)
     }
 
     /// Atomically loads an aligned u32 (acquire).
@@ -181,7 +218,8 @@ impl SharedMemory {
         }
         // SAFETY: in bounds and 4-byte aligned; AtomicU32 has the layout of u32.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
-        Ok(u32::from_le(a.load(Ordering::Acquire)))
+        let v = u32::from_le(a.load(Ordering::Acquire));
+        self.intact(off).map(|()| v)
     }
 
     /// Atomically stores an aligned u32 (relaxed).
@@ -193,7 +231,7 @@ impl SharedMemory {
         // SAFETY: as in `load_u32`.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
         a.store(v.to_le(), Ordering::Relaxed);
-        Ok(())
+        self.intact(off)
     }
 }
 
@@ -203,7 +241,8 @@ impl SharedMemory {
         let o = self.check(off, 1)?;
         // SAFETY: in bounds; AtomicU8 has the layout of u8 and no alignment requirement.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU8) };
-        Ok(a.load(Ordering::Acquire))
+        let v = a.load(Ordering::Acquire);
+        self.intact(off).map(|()| v)
     }
 
     /// Stores one byte.
@@ -221,10 +260,10 @@ impl SharedMemory {
         }
         // SAFETY: in bounds and 2-byte aligned; AtomicU16 has the layout of u16.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU16) };
-        Ok(
-            a.compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok(),
-        )
+        let done = a
+            .compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        self.intact(off).map(|()| done)
     }
 
     /// Atomically replaces the aligned u32 at `off` with `new` if it still holds `old`.
@@ -235,15 +274,17 @@ impl SharedMemory {
         }
         // SAFETY: in bounds and 4-byte aligned; AtomicU32 has the layout of u32.
         let a = unsafe { &*(self.ptr.as_ptr().add(o) as *const AtomicU32) };
-        Ok(
-            a.compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok(),
-        )
+        let done = a
+            .compare_exchange(old.to_le(), new.to_le(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        self.intact(off).map(|()| done)
     }
 }
 
 impl Drop for SharedMemory {
     fn drop(&mut self) {
+        // Unguard first: once unmapped, the range may be reused by anything.
+        drop(self.guard.take());
         // SAFETY: `ptr`/`len` describe a mapping created by `map` and not yet unmapped; no
         // reference into it can outlive `self` (accessors copy).
         unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
@@ -264,5 +305,89 @@ mod tests {
         m.store_u32(4092, 0xdead_beef).unwrap();
         assert_eq!(m.load_u32(4092).unwrap(), 0xdead_beef);
         assert!(m.load_u32(4094).is_err());
+    }
+
+    /// A host that truncates its RAM file under a foreign mapping makes accesses fail with
+    /// `Lost`; the process survives (without the guard this test dies of SIGBUS).
+    #[test]
+    fn truncated_foreign_memory_is_lost_not_fatal() {
+        let host = SharedMemory::memfd("host-ram", 4 * 4096).unwrap();
+        let fd = {
+            // SAFETY: duplicating a descriptor we own.
+            let raw = unsafe { libc::dup(host.raw_fd().unwrap()) };
+            assert!(raw >= 0);
+            // SAFETY: `raw` is a fresh descriptor we own.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        };
+        let m = SharedMemory::map_foreign(fd, 0, 4 * 4096, true).unwrap();
+        m.write(0x100, b"ring").unwrap();
+        let mut b = [0u8; 4];
+        m.read(0x100, &mut b).unwrap();
+        assert_eq!(&b, b"ring");
+        assert!(!m.is_lost());
+        // The host shrinks the file to one page.
+        // SAFETY: ftruncate on a descriptor we own.
+        assert_eq!(unsafe { libc::ftruncate(host.raw_fd().unwrap(), 4096) }, 0);
+        // The first page is still there, and the mapping not yet known lost.
+        m.read(0x100, &mut b).unwrap();
+        assert_eq!(&b, b"ring");
+        // Touching a page past the end: an error, not a crash; every access fails after.
+        assert!(matches!(
+            m.read(2 * 4096, &mut b),
+            Err(HostMemError::Lost { .. })
+        ));
+        assert!(m.is_lost());
+        assert!(matches!(m.load_u16(0x100), Err(HostMemError::Lost { .. })));
+        assert!(matches!(
+            m.write(3 * 4096, b"x"),
+            Err(HostMemError::Lost { .. })
+        ));
+        assert!(m.compare_exchange_u32(0, 0, 1).is_err());
+        drop(m);
+        // A new guarded mapping starts intact (slots are reused cleanly).
+        let fd2 = {
+            // SAFETY: as above.
+            let raw = unsafe { libc::dup(host.raw_fd().unwrap()) };
+            // SAFETY: as above.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        };
+        let m2 = SharedMemory::map_foreign(fd2, 0, 4096, true).unwrap();
+        m2.read(0x100, &mut b).unwrap();
+        assert_eq!(&b, b"ring");
+        assert!(!m2.is_lost());
+    }
+
+    /// The guard hides nothing else: a fault outside guarded mappings still kills the process
+    /// with SIGBUS (checked in a child process running this same test).
+    #[test]
+    fn faults_outside_guarded_memory_still_kill_the_process() {
+        const CHILD: &str = "EPF_FAULT_GUARD_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let host = SharedMemory::memfd("guarded", 4096).unwrap();
+            // SAFETY: duplicating a descriptor we own.
+            let raw = unsafe { libc::dup(host.raw_fd().unwrap()) };
+            // SAFETY: `raw` is a fresh descriptor we own.
+            let _guarded =
+                SharedMemory::map_foreign(unsafe { OwnedFd::from_raw_fd(raw) }, 0, 4096, true)
+                    .unwrap();
+            let plain = SharedMemory::memfd("unguarded", 2 * 4096).unwrap();
+            // SAFETY: ftruncate on a descriptor we own.
+            assert_eq!(unsafe { libc::ftruncate(plain.raw_fd().unwrap(), 0) }, 0);
+            let mut b = [0u8; 1];
+            let _ = plain.read(4096, &mut b);
+            // Reaching this line means the fault was swallowed.
+            std::process::exit(0);
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "shared_mem::tests::faults_outside_guarded_memory_still_kill_the_process",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{out:?}");
     }
 }

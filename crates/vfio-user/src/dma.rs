@@ -44,9 +44,10 @@ pub(crate) enum DmaError {
 }
 
 /// Maps `size` bytes of the client's descriptor at `offset`. For regular files (memfds, shm
-/// and hugetlbfs files) the range must lie inside the file: touching a mapping beyond the end
-/// of a file raises SIGBUS. (A client that shrinks the file afterwards can still do that to
-/// us; guest RAM memfds are not sealed by QEMU.) Returns an errno on failure.
+/// and hugetlbfs files) the range must lie inside the file. A client that shrinks the file
+/// afterwards (guest RAM memfds are not sealed by QEMU) cannot kill us with SIGBUS: the
+/// mapping is guarded ([`SharedMemory::map_foreign`]), and accesses to it then fail with
+/// `HostMemError::Lost`. Returns an errno on failure.
 pub(crate) fn map_client_memory(
     fd: OwnedFd,
     offset: u64,
@@ -66,8 +67,8 @@ pub(crate) fn map_client_memory(
     if st.st_mode & libc::S_IFMT == libc::S_IFREG && end > st.st_size as u64 {
         return Err(libc::EINVAL);
     }
-    SharedMemory::map(fd, offset, len, writable)
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
+    SharedMemory::map_foreign(fd, offset, len, writable)
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))
 }
 
 /// The set of mappings, keyed by IOVA.
@@ -214,11 +215,21 @@ impl DmaTable {
     }
 }
 
+/// Reports a mapping's error at the bus address of the access.
+fn at(addr: u64) -> impl Fn(HostMemError) -> HostMemError {
+    move |e| match e {
+        HostMemError::Lost { .. } => HostMemError::Lost { addr },
+        e => e,
+    }
+}
+
 impl HostMemory for DmaTable {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), HostMemError> {
         let maps = self.read_lock();
         for s in Self::segments(&maps, addr, buf.len(), false)? {
-            s.mem.read(s.off, &mut buf[s.pos..s.pos + s.len])?;
+            s.mem
+                .read(s.off, &mut buf[s.pos..s.pos + s.len])
+                .map_err(at(addr + s.pos as u64))?;
         }
         Ok(())
     }
@@ -226,7 +237,9 @@ impl HostMemory for DmaTable {
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), HostMemError> {
         let maps = self.read_lock();
         for s in Self::segments(&maps, addr, data.len(), true)? {
-            s.mem.write(s.off, &data[s.pos..s.pos + s.len])?;
+            s.mem
+                .write(s.off, &data[s.pos..s.pos + s.len])
+                .map_err(at(addr + s.pos as u64))?;
         }
         Ok(())
     }
@@ -240,7 +253,7 @@ impl HostMemory for DmaTable {
     fn read_u16(&self, addr: u64) -> Result<u16, HostMemError> {
         let maps = self.read_lock();
         if let Some((mem, off)) = Self::single(&maps, addr, 2, false) {
-            return mem.load_u16(off);
+            return mem.load_u16(off).map_err(at(addr));
         }
         drop(maps);
         let mut b = [0; 2];
@@ -251,7 +264,7 @@ impl HostMemory for DmaTable {
     fn write_u16(&self, addr: u64, v: u16) -> Result<(), HostMemError> {
         let maps = self.read_lock();
         if let Some((mem, off)) = Self::single(&maps, addr, 2, true) {
-            return mem.store_u16(off, v);
+            return mem.store_u16(off, v).map_err(at(addr));
         }
         drop(maps);
         self.write(addr, &v.to_le_bytes())
@@ -260,7 +273,7 @@ impl HostMemory for DmaTable {
     fn read_u32(&self, addr: u64) -> Result<u32, HostMemError> {
         let maps = self.read_lock();
         if let Some((mem, off)) = Self::single(&maps, addr, 4, false) {
-            return mem.load_u32(off);
+            return mem.load_u32(off).map_err(at(addr));
         }
         drop(maps);
         let mut b = [0; 4];
@@ -271,7 +284,7 @@ impl HostMemory for DmaTable {
     fn write_u32(&self, addr: u64, v: u32) -> Result<(), HostMemError> {
         let maps = self.read_lock();
         if let Some((mem, off)) = Self::single(&maps, addr, 4, true) {
-            return mem.store_u32(off, v);
+            return mem.store_u32(off, v).map_err(at(addr));
         }
         drop(maps);
         self.write(addr, &v.to_le_bytes())

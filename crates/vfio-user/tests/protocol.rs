@@ -5,7 +5,7 @@ mod common;
 
 use common::client::*;
 use common::*;
-use epf_epc::{EndpointController, EpcError, Irq, SharedMemory};
+use epf_epc::{EndpointController, EpcError, HostMemError, Irq, SharedMemory};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use vfio_bindings::bindings::vfio as vb;
@@ -567,6 +567,44 @@ fn bar_memory_cannot_be_resized_by_the_client_and_dma_maps_must_fit_their_file()
     c.dma_map(0, 0x1000, 0x1000, rw, Some(ram.as_raw_fd()))
         .err(libc::EINVAL);
     c.dma_map(0, 0x1000, 0, rw, Some(ram.as_raw_fd())).ok();
+}
+
+/// A hostile client truncates the guest-RAM file it mapped: the endpoint's accesses fail with
+/// a clear error (the device then sets DEVICE_NEEDS_RESET) instead of the process dying of
+/// SIGBUS, and the session goes on with fresh mappings.
+#[test]
+fn a_client_truncating_mapped_ram_gets_errors_not_a_dead_endpoint() {
+    let s = Setup::new();
+    let mut c = Client::connect_negotiated(&s.path);
+    let hm = s.ctl.host_memory();
+    let rw = vb::VFIO_DMA_MAP_FLAG_READ | vb::VFIO_DMA_MAP_FLAG_WRITE;
+    let ram = memfd(0x4000);
+    c.dma_map(0x10_0000, 0x4000, 0, rw, Some(ram.as_raw_fd()))
+        .ok();
+    hm.write(0x10_2000, b"desc").unwrap();
+    // SAFETY: ftruncate on a descriptor we own (the client's RAM file).
+    assert_eq!(unsafe { libc::ftruncate(ram.as_raw_fd(), 0x1000) }, 0);
+    let mut b = [0u8; 4];
+    assert_eq!(
+        hm.read(0x10_2000, &mut b),
+        Err(HostMemError::Lost { addr: 0x10_2000 })
+    );
+    // The whole mapping is unusable from then on, even its surviving first page.
+    assert!(matches!(
+        hm.read_u16(0x10_0000),
+        Err(HostMemError::Lost { .. })
+    ));
+    assert!(hm.write_u32(0x10_3000, 1).is_err());
+    // The session goes on.
+    let d = c.device_info().ok();
+    assert_eq!(d.u32(12), 5, "device info after the truncation");
+    // Unmapped and mapped afresh, memory works again.
+    c.dma_unmap(0x10_0000, 0x4000, 0).ok();
+    let ram2 = memfd(0x4000);
+    c.dma_map(0x10_0000, 0x4000, 0, rw, Some(ram2.as_raw_fd()))
+        .ok();
+    hm.write_u16(0x10_2000, 7).unwrap();
+    assert_eq!(hm.read_u16(0x10_2000).unwrap(), 7);
 }
 
 #[test]
