@@ -320,4 +320,11 @@ impl LegacyPollEngine {
         let s = self.last_status;
         s != 0 && s & (DRIVER_OK | FAILED) == 0
     }
+
+    /// Whether a driver's probe is running: DRIVER set, no DRIVER_OK, not FAILED. Its queue
+    /// setup follows within moments (unlike ACKNOWLEDGE alone, which lasts until a driver
+    /// is loaded at all).
+    pub fn probing(&self) -> bool {
+        self.negotiating() && self.last_status & DRIVER != 0
+    }
 }
