@@ -14,7 +14,9 @@ use crate::registers::{Effect, Registers};
 use crate::stats::FunctionStats;
 use crate::worker::{Control, WorkerHandle};
 use epf_device::{DeviceConfig, VirtioDevice};
-use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler, SharedMemory};
+use epf_epc::{
+    capability_offsets, EndpointController, EpcError, FunctionHandler, HostMemory, SharedMemory,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -398,11 +400,7 @@ impl VirtioPciFunction {
         let mut last_activity = Instant::now();
         let mut last_publish = Instant::now();
         let mut status_seen = (engine.status(), Instant::now());
-        // Idle checks of the rings: each live queue's available-ring address and the index
-        // last seen there (reused buffers: no allocation per pass).
-        let memory = self.shared.epc.host_memory();
-        let mut rings: Vec<Option<u64>> = Vec::with_capacity(num_queues);
-        let mut seen_avail: Vec<Option<(u64, u16)>> = vec![None; num_queues];
+        let mut rings = IdleRings::new(self.shared.epc.host_memory(), num_queues);
         // Polled registers come with MSI-X (INTx is refused). The driver enables MSI-X before
         // it sets queues up, so the vector registers are live whenever queues are being set
         // up: track them regardless of our own view of the host's MSI-X state, which (vectors
@@ -487,36 +485,8 @@ impl VirtioPciFunction {
                 continue;
             }
             // Idle: two notifications can merge in QUEUE_NOTIFY, so look at the rings
-            // themselves, waking the worker only for a queue whose available index moved
-            // since the last look (an idle device costs the poller's wake-ups alone); then
-            // sleep a little longer each time.
-            rings.clear();
-            {
-                let regs = self.shared.regs();
-                let live = regs.status() & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0;
-                rings.extend((0..num_queues).map(|q| {
-                    regs.queue(q)
-                        .filter(|r| live && r.enabled)
-                        .map(|r| r.driver)
-                }));
-            }
-            for (q, ring) in rings.iter().enumerate() {
-                let Some(avail) = *ring else {
-                    seen_avail[q] = None;
-                    continue;
-                };
-                match memory.read_u16(avail.wrapping_add(2)) {
-                    Ok(idx) if seen_avail[q] == Some((avail, idx)) => {}
-                    Ok(idx) => {
-                        seen_avail[q] = Some((avail, idx));
-                        self.worker().kick(q);
-                    }
-                    // The worker meets the same error and reports it (DEVICE_NEEDS_RESET).
-                    Err(_) => {
-                        self.worker().kick(q);
-                    }
-                }
-            }
+            // themselves; then sleep a little longer each time.
+            rings.check(&self);
             std::thread::sleep(sleep);
             let cap = if last_activity.elapsed() > DEEP_IDLE_AFTER {
                 DEEP_IDLE_SLEEP
@@ -629,6 +599,56 @@ impl FunctionHandler for VirtioPciFunction {
             *pci_cfg.lock().unwrap_or_else(|e| e.into_inner()) = PciCfgWindow::default();
         }
         self.apply(effect);
+    }
+}
+
+/// The poller's look at the rings when the host is idle: each live queue's available index,
+/// compared with the one seen last time, so that the worker is woken only for a queue that
+/// received buffers whose notification the poller never saw (an idle device then costs the
+/// poller's wake-ups alone).
+struct IdleRings {
+    memory: Arc<dyn HostMemory>,
+    /// Per queue: (available-ring address, index) at the last look.
+    seen: Vec<Option<(u64, u16)>>,
+    /// Available-ring addresses of live queues (reused: no allocation per look).
+    live: Vec<Option<u64>>,
+}
+
+impl IdleRings {
+    fn new(memory: Arc<dyn HostMemory>, num_queues: usize) -> Self {
+        IdleRings {
+            memory,
+            seen: vec![None; num_queues],
+            live: Vec::with_capacity(num_queues),
+        }
+    }
+
+    fn check(&mut self, f: &VirtioPciFunction) {
+        self.live.clear();
+        {
+            let regs = f.shared.regs();
+            let running = regs.status() & VIRTIO_CONFIG_S_DRIVER_OK as u8 != 0;
+            self.live.extend((0..self.seen.len()).map(|q| {
+                regs.queue(q)
+                    .filter(|r| running && r.enabled)
+                    .map(|r| r.driver)
+            }));
+        }
+        for (q, ring) in self.live.iter().enumerate() {
+            let Some(avail) = *ring else {
+                self.seen[q] = None;
+                continue;
+            };
+            match self.memory.read_u16(avail.wrapping_add(2)) {
+                Ok(idx) if self.seen[q] == Some((avail, idx)) => {}
+                Ok(idx) => {
+                    self.seen[q] = Some((avail, idx));
+                    f.kick(q);
+                }
+                // The worker meets the same error and reports it (DEVICE_NEEDS_RESET).
+                Err(_) => f.kick(q),
+            }
+        }
     }
 }
 
