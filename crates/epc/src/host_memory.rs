@@ -48,6 +48,24 @@ pub trait HostMemory: Send + Sync {
     fn write_u32(&self, addr: u64, v: u32) -> Result<(), HostMemError> {
         self.write(addr, &v.to_le_bytes())
     }
+
+    /// Zero-copy access for system calls that move data straight between a file and the
+    /// host's buffers (`preadv`/`pwritev`): runs `f` with `ranges` (host address, length)
+    /// as iovecs pointing into this process's mapping of host memory, which stays mapped
+    /// (an unmap waits) while `f` runs. `write` is whether `f` writes the memory.
+    ///
+    /// Returns `None` when the implementation cannot expose the memory in place (outbound
+    /// windows, a DMA engine, memory not mapped, a range split across mappings, or more
+    /// ranges than one system call takes): the caller copies instead. The default does so.
+    fn in_place(
+        &self,
+        ranges: &[(u64, u32)],
+        write: bool,
+        f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        let _ = (ranges, write, f);
+        None
+    }
 }
 
 /// Returns the end of `[addr, addr+len)` or the overflow error.

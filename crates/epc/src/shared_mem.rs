@@ -108,6 +108,15 @@ impl SharedMemory {
         Ok(m)
     }
 
+    /// Address of byte `off` of the mapping, for system calls that access it in place;
+    /// `None` if `off + len` is out of bounds. Dereferencing it is up to the caller (the
+    /// memory is shared with the host, which changes it concurrently).
+    pub fn ptr_at(&self, off: u64, len: usize) -> Option<*mut u8> {
+        let o = self.check(off, len).ok()?;
+        // SAFETY: `o + len <= self.len` (checked), so the result stays inside the mapping.
+        Some(unsafe { self.ptr.as_ptr().add(o) })
+    }
+
     /// Whether the host took pages of this mapping away (only foreign mappings can tell).
     pub fn is_lost(&self) -> bool {
         self.guard.as_ref().is_some_and(Guard::lost)

@@ -150,6 +150,32 @@ impl HostMemory for ArenaMemory {
         Ok(())
     }
 
+    /// In place, like a controller whose host memory is mapped (counted as one endpoint
+    /// access of the kind `f` performs). An out-of-range range gives `None`: the caller's
+    /// copy path then meets (and counts) the error.
+    fn in_place(
+        &self,
+        ranges: &[(u64, u32)],
+        write: bool,
+        f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        let mut iov = Vec::with_capacity(ranges.len());
+        for &(addr, len) in ranges {
+            let off = self.offset(addr, len as u64).ok()?;
+            iov.push(libc::iovec {
+                iov_base: self.mem.ptr_at(off, len as usize)?.cast(),
+                iov_len: len as usize,
+            });
+        }
+        let r = f(&mut iov);
+        if write {
+            self.count_write();
+        } else {
+            self.count_read();
+        }
+        Some(r)
+    }
+
     fn check_range(&self, addr: u64, len: u64) -> Result<(), HostMemError> {
         self.offset(addr, len).map(|_| ()).inspect_err(|_| {
             self.failed_checks.fetch_add(1, Ordering::Relaxed);

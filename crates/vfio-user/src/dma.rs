@@ -215,6 +215,9 @@ impl DmaTable {
     }
 }
 
+/// At most this many ranges go to one in-place access (the kernel's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
 /// Reports a mapping's error at the bus address of the access.
 fn at(addr: u64) -> impl Fn(HostMemError) -> HostMemError {
     move |e| match e {
@@ -242,6 +245,38 @@ impl HostMemory for DmaTable {
                 .map_err(at(addr + s.pos as u64))?;
         }
         Ok(())
+    }
+
+    fn in_place(
+        &self,
+        ranges: &[(u64, u32)],
+        write: bool,
+        f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        if ranges.len() > IOV_MAX {
+            return None;
+        }
+        let maps = self.read_lock();
+        let mut iov = Vec::with_capacity(ranges.len());
+        let mut used: Vec<&SharedMemory> = Vec::with_capacity(1);
+        for &(addr, len) in ranges {
+            let (mem, off) = Self::single(&maps, addr, len as u64, write)?;
+            iov.push(libc::iovec {
+                iov_base: mem.ptr_at(off, len as usize)?.cast(),
+                iov_len: len as usize,
+            });
+            if !used.iter().any(|m| std::ptr::eq(*m, mem)) {
+                used.push(mem);
+            }
+        }
+        // The read lock is held across `f`: an unmap waits for it, as for any access.
+        let r = f(&mut iov);
+        if used.iter().any(|m| m.is_lost()) {
+            return Some(Err(std::io::Error::other(HostMemError::Lost {
+                addr: ranges[0].0,
+            })));
+        }
+        Some(r)
     }
 
     fn check_range(&self, addr: u64, len: u64) -> Result<(), HostMemError> {

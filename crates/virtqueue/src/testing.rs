@@ -33,6 +33,10 @@ pub struct TestMemory {
     oob_attempts: AtomicU64,
     check_failures: AtomicU64,
     accesses: AtomicU64,
+    /// Whether [`HostMemory::in_place`] exposes the bytes (like a controller that maps host
+    /// memory) or declines (like one behind outbound windows). Off by default.
+    in_place: std::sync::atomic::AtomicBool,
+    in_place_calls: AtomicU64,
 }
 
 impl TestMemory {
@@ -53,7 +57,19 @@ impl TestMemory {
             oob_attempts: AtomicU64::new(0),
             check_failures: AtomicU64::new(0),
             accesses: AtomicU64::new(0),
+            in_place: std::sync::atomic::AtomicBool::new(false),
+            in_place_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Lets devices access the bytes in place ([`HostMemory::in_place`]), or not.
+    pub fn set_in_place(&self, on: bool) {
+        self.in_place.store(on, Ordering::Relaxed);
+    }
+
+    /// How many in-place accesses were made.
+    pub fn in_place_calls(&self) -> u64 {
+        self.in_place_calls.load(Ordering::Relaxed)
     }
 
     /// First address.
@@ -184,6 +200,37 @@ impl HostMemory for TestMemory {
 
     fn write_u16(&self, addr: u64, v: u16) -> Result<(), HostMemError> {
         self.write(addr, &v.to_le_bytes())
+    }
+
+    fn in_place(
+        &self,
+        ranges: &[(u64, u32)],
+        _write: bool,
+        f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
+    ) -> Option<std::io::Result<()>> {
+        if !self.in_place.load(Ordering::Relaxed) {
+            return None;
+        }
+        let offsets: Vec<(usize, usize)> = ranges
+            .iter()
+            .map(|&(addr, len)| Some((self.access(addr, len as usize).ok()?, len as usize)))
+            .collect::<Option<_>>()?;
+        let mut data = self.lock();
+        let base = data.as_mut_ptr();
+        let mut iov: Vec<libc::iovec> = offsets
+            .iter()
+            .map(|&(o, len)| libc::iovec {
+                // SAFETY: `o + len` is inside `data` (checked by `access`); the lock is
+                // held while `f` uses the pointers, so the Vec is neither resized nor
+                // accessed by anyone else.
+                iov_base: unsafe { base.add(o) }.cast(),
+                iov_len: len,
+            })
+            .collect();
+        let r = f(&mut iov);
+        drop(data);
+        self.in_place_calls.fetch_add(1, Ordering::Relaxed);
+        Some(r)
     }
 }
 

@@ -242,6 +242,82 @@ pub fn pwrite_full(fd: RawFd, buf: &[u8], offset: u64, dsync: bool) -> io::Resul
     Ok(())
 }
 
+/// Drops the first `n` bytes of `iov` (after a short transfer).
+fn advance(mut iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
+    while let Some(first) = iov.first_mut() {
+        if n < first.iov_len {
+            // SAFETY: `n < iov_len`, so the new base stays inside the same buffer.
+            first.iov_base = unsafe { first.iov_base.cast::<u8>().add(n) }.cast();
+            first.iov_len -= n;
+            break;
+        }
+        n -= first.iov_len;
+        iov = &mut iov[1..];
+    }
+    iov
+}
+
+/// Reads exactly the iovecs' total length at `offset` straight into them (host buffers in
+/// place), retrying short reads and EINTR.
+pub fn preadv_full(fd: RawFd, mut iov: &mut [libc::iovec], mut offset: u64) -> io::Result<()> {
+    while !iov.is_empty() {
+        // SAFETY: the iovecs point to memory the caller keeps mapped and writable for the
+        // call (HostMemory::in_place); at most IOV_MAX of them (checked there).
+        let r = unsafe {
+            libc::preadv(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        match cvt(r) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                offset += n as u64;
+                iov = advance(iov, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes the iovecs' contents at `offset` straight from them (host buffers in place);
+/// with `dsync` the data is durable when this returns.
+pub fn pwritev_full(
+    fd: RawFd,
+    mut iov: &mut [libc::iovec],
+    mut offset: u64,
+    dsync: bool,
+) -> io::Result<()> {
+    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+    while !iov.is_empty() {
+        // SAFETY: the iovecs point to memory the caller keeps mapped and readable for the
+        // call (HostMemory::in_place).
+        let r = unsafe {
+            libc::pwritev2(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+                flags,
+            )
+        };
+        match cvt(r) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                offset += n as u64;
+                iov = advance(iov, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// `fdatasync(2)`, retried on EINTR.
 pub fn fdatasync(fd: RawFd) -> io::Result<()> {
     loop {

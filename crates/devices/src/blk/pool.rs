@@ -131,6 +131,25 @@ pub fn execute(image: &Image, req: &Request, buf: &mut AlignedBuf) -> u8 {
 fn execute_inner(image: &Image, req: &Request, buf: &mut AlignedBuf) -> std::io::Result<()> {
     let mem = req.mem.as_ref();
     let host_err = |e: epf_epc::HostMemError| std::io::Error::other(e.to_string());
+    // With the page cache, large transfers go straight between the image and the host's
+    // buffers when the controller maps host memory (no bounce buffer, no second copy).
+    // O_DIRECT images keep the aligned bounce buffer: host buffers need not be aligned.
+    if !image.is_direct() {
+        let ranges: Vec<(u64, u32)> = req.segs.iter().map(|s| (s.addr, s.len)).collect();
+        let fd = image.fd();
+        let direct = match &req.op {
+            Op::Read { offset } => {
+                mem.in_place(&ranges, true, &mut |iov| io::preadv_full(fd, iov, *offset))
+            }
+            Op::Write { offset, dsync } => mem.in_place(&ranges, false, &mut |iov| {
+                io::pwritev_full(fd, iov, *offset, *dsync)
+            }),
+            _ => None,
+        };
+        if let Some(r) = direct {
+            return r;
+        }
+    }
     match &req.op {
         Op::Read { offset } => {
             let mut done = 0u64;
