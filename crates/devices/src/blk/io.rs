@@ -257,22 +257,17 @@ fn advance(mut iov: &mut [libc::iovec], mut n: usize) -> &mut [libc::iovec] {
     iov
 }
 
-/// Reads exactly the iovecs' total length at `offset` straight into them (host buffers in
-/// place), retrying short reads and EINTR.
-pub fn preadv_full(fd: RawFd, mut iov: &mut [libc::iovec], mut offset: u64) -> io::Result<()> {
+/// Runs `op(iovecs, offset)` (a `preadv`/`pwritev`-like call returning bytes moved or -1)
+/// until the iovecs are done, retrying short transfers and EINTR; 0 bytes moved is `zero`.
+fn iov_full(
+    mut iov: &mut [libc::iovec],
+    mut offset: u64,
+    zero: io::ErrorKind,
+    mut op: impl FnMut(&[libc::iovec], u64) -> isize,
+) -> io::Result<()> {
     while !iov.is_empty() {
-        // SAFETY: the iovecs point to memory the caller keeps mapped and writable for the
-        // call (HostMemory::in_place); at most IOV_MAX of them (checked there).
-        let r = unsafe {
-            libc::preadv(
-                fd,
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        match cvt(r) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+        match cvt(op(iov, offset)) {
+            Ok(0) => return Err(zero.into()),
             Ok(n) => {
                 offset += n as u64;
                 iov = advance(iov, n);
@@ -284,38 +279,45 @@ pub fn preadv_full(fd: RawFd, mut iov: &mut [libc::iovec], mut offset: u64) -> i
     Ok(())
 }
 
+/// Reads exactly the iovecs' total length at `offset` straight into them (host buffers in
+/// place).
+pub fn preadv_full(fd: RawFd, iov: &mut [libc::iovec], offset: u64) -> io::Result<()> {
+    iov_full(iov, offset, io::ErrorKind::UnexpectedEof, |iov, at| {
+        // SAFETY: the iovecs point to memory the caller keeps mapped and writable for the
+        // call (HostMemory::in_place); at most IOV_MAX of them (checked there).
+        unsafe {
+            libc::preadv(
+                fd,
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                at as libc::off_t,
+            )
+        }
+    })
+}
+
 /// Writes the iovecs' contents at `offset` straight from them (host buffers in place);
 /// with `dsync` the data is durable when this returns.
 pub fn pwritev_full(
     fd: RawFd,
-    mut iov: &mut [libc::iovec],
-    mut offset: u64,
+    iov: &mut [libc::iovec],
+    offset: u64,
     dsync: bool,
 ) -> io::Result<()> {
     let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-    while !iov.is_empty() {
+    iov_full(iov, offset, io::ErrorKind::WriteZero, |iov, at| {
         // SAFETY: the iovecs point to memory the caller keeps mapped and readable for the
         // call (HostMemory::in_place).
-        let r = unsafe {
+        unsafe {
             libc::pwritev2(
                 fd,
                 iov.as_ptr(),
                 iov.len() as libc::c_int,
-                offset as libc::off_t,
+                at as libc::off_t,
                 flags,
             )
-        };
-        match cvt(r) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                offset += n as u64;
-                iov = advance(iov, n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
         }
-    }
-    Ok(())
+    })
 }
 
 /// `fdatasync(2)`, retried on EINTR.
