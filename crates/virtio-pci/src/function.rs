@@ -553,36 +553,20 @@ impl FunctionHandler for VirtioPciFunction {
     }
 
     fn config_read(&self, offset: usize, data: &mut [u8]) {
-        let Transport::Modern {
-            pci_cfg,
-            pci_cfg_offset,
-            ..
-        } = &self.transport
-        else {
+        let Some((window, rel)) = self.pci_cfg_window(offset) else {
             return;
         };
-        let Some(rel) = offset.checked_sub(*pci_cfg_offset) else {
-            return;
-        };
-        let w = *pci_cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let w = *window.lock().unwrap_or_else(|e| e.into_inner());
         if let WindowAccess::Bar { bar, offset, len } = w.read(rel, data) {
             self.bar_read(bar, offset, &mut data[..len]);
         }
     }
 
     fn config_write(&self, offset: usize, data: &[u8]) {
-        let Transport::Modern {
-            pci_cfg,
-            pci_cfg_offset,
-            ..
-        } = &self.transport
-        else {
+        let Some((window, rel)) = self.pci_cfg_window(offset) else {
             return;
         };
-        let Some(rel) = offset.checked_sub(*pci_cfg_offset) else {
-            return;
-        };
-        let access = pci_cfg
+        let access = window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .write(rel, data);
@@ -599,6 +583,22 @@ impl FunctionHandler for VirtioPciFunction {
             *pci_cfg.lock().unwrap_or_else(|e| e.into_inner()) = PciCfgWindow::default();
         }
         self.apply(effect);
+    }
+}
+
+impl VirtioPciFunction {
+    /// The PCI-configuration-access window and the offset into its capability of a trapped
+    /// config-space access at `offset` (modern layout only: the legacy one has none).
+    fn pci_cfg_window(&self, offset: usize) -> Option<(&Mutex<PciCfgWindow>, usize)> {
+        let Transport::Modern {
+            pci_cfg,
+            pci_cfg_offset,
+            ..
+        } = &self.transport
+        else {
+            return None;
+        };
+        Some((pci_cfg, offset.checked_sub(*pci_cfg_offset)?))
     }
 }
 
