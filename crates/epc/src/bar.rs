@@ -41,7 +41,8 @@ pub struct BarArea {
 /// Layout of one BAR.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BarSpec {
-    /// Size in bytes; a power of two, at least 4 KiB.
+    /// Size in bytes; a power of two, at least [`MIN_BAR_SIZE`]. A BAR smaller than a page
+    /// holds at most one memory area, covering all of it (the host maps the page it sits in).
     pub size: u64,
     pub is_64bit: bool,
     pub prefetchable: bool,
@@ -51,6 +52,9 @@ pub struct BarSpec {
 
 /// The page size memory areas are aligned to (host mappings are page granular).
 pub const PAGE_SIZE: u64 = 4096;
+
+/// The smallest BAR a function may have (`pci_epf_alloc_space` rounds smaller ones up to it).
+pub const MIN_BAR_SIZE: u64 = 128;
 
 impl BarSpec {
     /// The area holding `offset`, if any.
@@ -62,9 +66,9 @@ impl BarSpec {
 
     /// Checks the layout: size, alignment of memory areas, overlaps.
     pub fn validate(&self) -> Result<(), EpcError> {
-        if !self.size.is_power_of_two() || self.size < PAGE_SIZE {
+        if !self.size.is_power_of_two() || self.size < MIN_BAR_SIZE {
             return Err(EpcError::Invalid(format!(
-                "BAR size {:#x} must be a power of two >= 4 KiB",
+                "BAR size {:#x} must be a power of two >= 128 bytes",
                 self.size
             )));
         }
@@ -91,7 +95,10 @@ impl BarSpec {
                     a.offset
                 )));
             }
-            if a.kind == AreaKind::Memory && (a.offset % PAGE_SIZE != 0 || a.size % PAGE_SIZE != 0)
+            let whole_small_bar = self.size < PAGE_SIZE && a.offset == 0 && a.size == self.size;
+            if a.kind == AreaKind::Memory
+                && !whole_small_bar
+                && (a.offset % PAGE_SIZE != 0 || a.size % PAGE_SIZE != 0)
             {
                 return Err(EpcError::Invalid(format!(
                     "memory area {:#x}+{:#x} is not page aligned",

@@ -74,6 +74,13 @@ pub trait FunctionHandler: Send + Sync {
 
     /// The host changed interrupt enablement (e.g. enabled MSI-X vectors).
     fn irqs_changed(&self) {}
+
+    /// A host write to a configuration-space range that is not trapped, after it was applied
+    /// to the image (e.g. the command register: bus master enable).
+    fn config_written(&self, _offset: usize, _data: &[u8]) {}
+
+    /// A host attached to the link (`true`) or went away (`false`).
+    fn host_connected(&self, _connected: bool) {}
 }
 
 /// An endpoint controller serving one physical function.

@@ -28,7 +28,7 @@ mod irq;
 mod outbound_windows;
 mod shared_mem;
 
-pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, PAGE_SIZE};
+pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, MIN_BAR_SIZE, PAGE_SIZE};
 pub use config_space::{
     capability_offsets, Capability, ConfigSpace, CONFIG_SPACE_SIZE, PCI_CAP_ID_MSIX,
     PCI_CAP_ID_VNDR,

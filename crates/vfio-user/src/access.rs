@@ -66,6 +66,13 @@ impl Function {
         if size == 0 || end > size {
             return Err(libc::EINVAL);
         }
+        if !self.link_up() {
+            // Nothing answers behind a link that is down: reads complete with all-ones.
+            if let Buf::Read(b) = buf {
+                b.fill(0xff);
+            }
+            return Ok(());
+        }
         match region {
             0..=5 => self.bar_access(region as u8, offset as usize, buf, c),
             CONFIG_REGION => {
@@ -169,7 +176,10 @@ impl Function {
                 }
                 (Buf::Write(d), true) => self.handler.config_write(pos, &d[range]),
                 (Buf::Read(b), false) => self.config().read(pos, &mut b[range]),
-                (Buf::Write(d), false) => self.config().write(pos, &d[range]),
+                (Buf::Write(d), false) => {
+                    self.config().write(pos, &d[range.clone()]);
+                    self.handler.config_written(pos, &d[range]);
+                }
             }
             pos = seg_end;
         }

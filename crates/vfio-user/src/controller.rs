@@ -131,6 +131,60 @@ impl VfioUserController {
         self.dma.len()
     }
 
+    /// Our own mapping of `[addr, addr+len)` of the client's memory, backed by the client's
+    /// descriptor (see [`start_backed`](Self::start_backed)).
+    pub fn share_client_memory(&self, addr: u64, len: u64) -> Result<SharedMemory, EpcError> {
+        self.dma
+            .share(addr, len)
+            .map_err(|e| EpcError::Invalid(format!("client memory: {e}")))
+    }
+
+    /// Like [`EndpointController::start`], with the memory behind BARs supplied by the caller:
+    /// `backing[n]` (at least the BAR's size, at least a page) backs BAR n's memory areas and
+    /// its descriptor is what the client maps.
+    pub fn start_backed(
+        &self,
+        spec: FunctionSpec,
+        handler: Arc<dyn FunctionHandler>,
+        backing: [Option<Arc<SharedMemory>>; epf_epc::BAR_COUNT],
+    ) -> Result<(), EpcError> {
+        if self.function.get().is_some() {
+            return Err(EpcError::Invalid("function already started".into()));
+        }
+        let f = Function::new(spec, handler, &self.features(), backing)?;
+        self.function
+            .set(f)
+            .map_err(|_| EpcError::Invalid("function already started".into()))?;
+        self.wake
+            .write(1)
+            .map_err(|e| EpcError::Os(format!("waking the vfio-user thread: {e}")))?;
+        Ok(())
+    }
+
+    /// Brings the link up or down: while it is down the host finds no function (all-ones
+    /// configuration space) and interrupts are refused. Up by default.
+    pub fn set_link_up(&self, up: bool) {
+        if let Some(f) = self.function.get() {
+            f.set_link_up(up);
+        }
+    }
+
+    /// Number of MSI vectors the host enabled (0 = MSI off).
+    pub fn msi_vectors_enabled(&self) -> u16 {
+        self.function.get().map_or(0, |f| f.irqs().msi_enabled())
+    }
+
+    /// Number of MSI-X vectors the host has eventfds for.
+    pub fn msix_vectors_enabled(&self) -> u16 {
+        self.function.get().map_or(0, |f| {
+            if f.irqs().msix_enabled() {
+                f.spec.msix.map_or(0, |m| m.vectors)
+            } else {
+                0
+            }
+        })
+    }
+
     /// Serves clients, one at a time, until [`shutdown`](Self::shutdown). Waits for
     /// [`EndpointController::start`] before accepting the first client. Blocks.
     pub fn serve(&self) -> Result<(), VfioUserError> {
@@ -240,6 +294,7 @@ impl VfioUserController {
         bump(&self.counters.clients);
         log::info!("vfio-user: client connected to {}", self.path.display());
         let conn = Conn::new(stream, self.wake.as_raw_fd());
+        func.handler.host_connected(true);
         let end = Session::new(conn, func, &self.dma, &self.counters).run();
         match &end {
             End::Closed => log::info!("vfio-user: client disconnected"),
@@ -252,6 +307,7 @@ impl VfioUserController {
             bump(&self.counters.dma_unmaps);
         }
         func.disconnect(&self.counters);
+        func.handler.host_connected(false);
     }
 }
 
@@ -270,7 +326,7 @@ impl EndpointController for VfioUserController {
             shared_memory: true,
             irq: IrqSupport {
                 msix_vectors: MAX_MSIX_VECTORS,
-                msi_vectors: 0,
+                msi_vectors: 32,
                 intx: true,
             },
             host_access: HostAccess::Direct,
@@ -278,17 +334,7 @@ impl EndpointController for VfioUserController {
     }
 
     fn start(&self, spec: FunctionSpec, handler: Arc<dyn FunctionHandler>) -> Result<(), EpcError> {
-        if self.function.get().is_some() {
-            return Err(EpcError::Invalid("function already started".into()));
-        }
-        let f = Function::new(spec, handler, &self.features())?;
-        self.function
-            .set(f)
-            .map_err(|_| EpcError::Invalid("function already started".into()))?;
-        self.wake
-            .write(1)
-            .map_err(|e| EpcError::Os(format!("waking the vfio-user thread: {e}")))?;
-        Ok(())
+        self.start_backed(spec, handler, Default::default())
     }
 
     fn bar_memory(&self, bar: u8) -> Option<Arc<SharedMemory>> {
@@ -301,6 +347,9 @@ impl EndpointController for VfioUserController {
 
     fn raise_irq(&self, irq: Irq) -> Result<(), EpcError> {
         let func = self.function.get().ok_or(EpcError::LinkDown)?;
+        if !func.link_up() {
+            return Err(EpcError::LinkDown);
+        }
         let delivered = match irq {
             Irq::Msix(v) => func.irqs().raise_msix(v),
             Irq::Intx(level) => {
@@ -314,7 +363,13 @@ impl EndpointController for VfioUserController {
                 // A masked INTx stays pending and fires on unmask: that is a success too.
                 r.map(|_| true)
             }
-            Irq::Msi(_) => return Err(EpcError::Unsupported("MSI")),
+            Irq::Msi(v) => {
+                let irqs = func.irqs();
+                if irqs.count(crate::protocol::MSI_IRQ) == 0 {
+                    return Err(EpcError::Unsupported("MSI without an MSI capability"));
+                }
+                irqs.raise_msi(v)
+            }
         };
         match delivered {
             Some(true) => {

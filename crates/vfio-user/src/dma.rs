@@ -159,6 +159,31 @@ impl DmaTable {
         self.read_lock().len()
     }
 
+    /// A mapping of our own of `[addr, addr+len)`, which must lie inside one readable and
+    /// writable mapping the client shared with a descriptor: a duplicate of that descriptor,
+    /// mapped at the right offset, to hand on (e.g. as another client's BAR memory). It stays
+    /// valid after the client unmaps the range.
+    pub fn share(&self, addr: u64, len: u64) -> Result<SharedMemory, HostMemError> {
+        let oor = HostMemError::OutOfRange { addr, len };
+        let maps = self.read_lock();
+        let (mem, off) = Self::single(&maps, addr, len, true).ok_or(oor)?;
+        let (true, Some(fd)) = (
+            Self::single(&maps, addr, len, false).is_some(),
+            mem.raw_fd(),
+        ) else {
+            return Err(oor);
+        };
+        // SAFETY: dup of a descriptor owned by the mapping, which the read lock keeps alive.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(oor);
+        }
+        // SAFETY: `dup` is a fresh descriptor nobody else owns.
+        let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        let len = usize::try_from(len).map_err(|_| oor)?;
+        SharedMemory::map_foreign(dup, mem.fd_offset() + off, len, true).map_err(|_| oor)
+    }
+
     /// Splits `[addr, addr+len)` into per-mapping segments, failing if any byte is not
     /// accessible for the kind of access.
     fn segments<'a>(

@@ -11,6 +11,7 @@ use epf_epc::{
 use std::ffi::CString;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Size of one MSI-X table entry.
@@ -27,6 +28,23 @@ pub(crate) struct Function {
     /// Absolute configuration-space ranges whose accesses go to the handler, sorted.
     pub config_trapped: Vec<Range<usize>>,
     pub irqs: Mutex<IrqState>,
+    /// Whether the function is visible to the host: while the link is down, configuration
+    /// space reads as all-ones (no device), trapped BAR reads as all-ones and writes are
+    /// dropped, and no interrupt reaches the host.
+    link_up: AtomicBool,
+}
+
+/// PCI capability ID of MSI.
+const PCI_CAP_ID_MSI: u8 = 0x05;
+
+/// The number of MSI vectors the function offers: from the Multiple Message Capable field of
+/// its MSI capability, 0 without one.
+fn msi_vectors(spec: &FunctionSpec) -> u16 {
+    spec.capabilities
+        .iter()
+        .find(|c| c.id == PCI_CAP_ID_MSI)
+        .and_then(|c| c.body.first())
+        .map_or(0, |ctrl| 1 << ((ctrl >> 1) & 7).min(5))
 }
 
 /// Creates the shared memory behind a BAR: a memfd sealed against resizing, so that the client
@@ -92,11 +110,14 @@ fn check_msix_structure(
 }
 
 impl Function {
-    /// Validates `spec` against `features` and builds the function's state.
+    /// Validates `spec` against `features` and builds the function's state. BARs with memory
+    /// areas are backed by `backing` where it holds a mapping (covering the whole BAR), by a
+    /// fresh memfd otherwise.
     pub fn new(
         spec: FunctionSpec,
         handler: Arc<dyn FunctionHandler>,
         features: &EpcFeatures,
+        mut backing: [Option<Arc<SharedMemory>>; BAR_COUNT],
     ) -> Result<Self, EpcError> {
         for (i, bar) in spec.bars.iter().enumerate() {
             let Some(bar) = bar else { continue };
@@ -164,8 +185,18 @@ impl Function {
         for (i, bar) in spec.bars.iter().enumerate() {
             let Some(bar) = bar else { continue };
             if bar.areas.iter().any(|a| a.kind == AreaKind::Memory) {
-                let len =
-                    usize::try_from(bar.size).map_err(|_| invalid(format!("BAR {i} too large")))?;
+                let len = usize::try_from(bar.size.max(epf_epc::PAGE_SIZE))
+                    .map_err(|_| invalid(format!("BAR {i} too large")))?;
+                if let Some(mem) = backing[i].take() {
+                    if mem.len() < len || mem.raw_fd().is_none() {
+                        return Err(invalid(format!(
+                            "BAR {i}: backing of {:#x} bytes for a BAR of {len:#x}",
+                            mem.len()
+                        )));
+                    }
+                    bar_mem[i] = Some(mem);
+                    continue;
+                }
                 let mem = bar_memfd(&format!("epf-vfio-user-bar{i}"), len)
                     .map_err(|e| EpcError::Os(format!("BAR {i} memory: {e}")))?;
                 bar_mem[i] = Some(Arc::new(mem));
@@ -175,6 +206,7 @@ impl Function {
         let irqs = IrqState::new(
             spec.header.interrupt_pin != 0,
             spec.msix.map_or(0, |m| m.vectors),
+            msi_vectors(&spec),
         );
         Ok(Function {
             initial_config: config.clone(),
@@ -184,7 +216,18 @@ impl Function {
             handler,
             spec,
             irqs: Mutex::new(irqs),
+            link_up: AtomicBool::new(true),
         })
+    }
+
+    /// Whether the function is visible to the host.
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(Ordering::Acquire)
+    }
+
+    /// Shows the function to the host or hides it (see [`Function::link_up`]).
+    pub fn set_link_up(&self, up: bool) {
+        self.link_up.store(up, Ordering::Release);
     }
 
     /// The configuration space image.

@@ -67,19 +67,22 @@ pub(crate) struct IrqState {
     intx_level: bool,
     intx_masked: bool,
     msix: Vec<Option<OwnedFd>>,
+    msi: Vec<Option<OwnedFd>>,
     err: Option<OwnedFd>,
     req: Option<OwnedFd>,
 }
 
 impl IrqState {
-    /// State for a function with an INTx pin (or not) and `msix_vectors` MSI-X vectors.
-    pub fn new(intx_pin: bool, msix_vectors: u16) -> Self {
+    /// State for a function with an INTx pin (or not), `msix_vectors` MSI-X vectors and
+    /// `msi_vectors` MSI vectors.
+    pub fn new(intx_pin: bool, msix_vectors: u16, msi_vectors: u16) -> Self {
         IrqState {
             intx_pin,
             intx: None,
             intx_level: false,
             intx_masked: false,
             msix: (0..msix_vectors).map(|_| None).collect(),
+            msi: (0..msi_vectors).map(|_| None).collect(),
             err: None,
             req: None,
         }
@@ -89,7 +92,7 @@ impl IrqState {
     pub fn count(&self, index: u32) -> u32 {
         match index {
             INTX_IRQ => self.intx_pin as u32,
-            MSI_IRQ => 0,
+            MSI_IRQ => self.msi.len() as u32,
             MSIX_IRQ => self.msix.len() as u32,
             ERR_IRQ | REQ_IRQ => 1,
             _ => 0,
@@ -114,6 +117,7 @@ impl IrqState {
         match index {
             INTX_IRQ if i == 0 => Some(&mut self.intx),
             MSIX_IRQ => self.msix.get_mut(i),
+            MSI_IRQ => self.msi.get_mut(i),
             ERR_IRQ if i == 0 => Some(&mut self.err),
             REQ_IRQ if i == 0 => Some(&mut self.req),
             _ => None,
@@ -250,12 +254,24 @@ impl IrqState {
         self.msix.iter().any(Option::is_some)
     }
 
+    /// Signals MSI vector `v`: `None` if it has no eventfd.
+    pub fn raise_msi(&self, v: u16) -> Option<bool> {
+        self.msi.get(v as usize)?.as_ref().map(signal)
+    }
+
+    /// How many MSI vectors the host enabled: the vectors up to the last one with an eventfd
+    /// (the host enables a power of two of them at once).
+    pub fn msi_enabled(&self) -> u16 {
+        self.msi.iter().rposition(Option::is_some).map_or(0, |i| i as u16 + 1)
+    }
+
     /// Forgets every eventfd and the INTx state (client gone or function reset).
     pub fn clear(&mut self) {
         self.intx = None;
         self.intx_level = false;
         self.intx_masked = false;
         self.msix.iter_mut().for_each(|s| *s = None);
+        self.msi.iter_mut().for_each(|s| *s = None);
         self.err = None;
         self.req = None;
     }
@@ -296,7 +312,7 @@ mod tests {
 
     #[test]
     fn msix_vectors_follow_their_eventfds() {
-        let mut s = IrqState::new(false, 4);
+        let mut s = IrqState::new(false, 4, 0);
         assert_eq!(s.count(MSIX_IRQ), 4);
         assert!(!s.msix_enabled());
         let (a, a_reader) = eventfd();
@@ -326,7 +342,7 @@ mod tests {
 
     #[test]
     fn intx_is_automasked_level() {
-        let mut s = IrqState::new(true, 0);
+        let mut s = IrqState::new(true, 0, 0);
         assert_eq!(s.set_intx(true), None);
         let (fd, reader) = eventfd();
         // The level is already high: installing the eventfd delivers it.
