@@ -22,6 +22,9 @@
 #                     May be given several times.
 #   --verbose         stream the serial console to stderr while running
 #   --quiet           do not print output.log to stdout at the end
+#   --share DIR       a further read-write 9p share, tag "shared", that the guest can mount
+#                     (mount -t 9p -o trans=virtio,version=9p2000.L,cache=none shared /shared);
+#                     two guests given the same DIR can exchange files through it
 #   --allow-reboot    a guest reboot restarts the guest (run.sh runs again; it can tell
 #                     by a marker file it leaves in /job) instead of ending the run
 #   -- ARGS...        appended verbatim to the QEMU command line, e.g.
@@ -44,7 +47,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # i.e. in a private mount namespace of its own. Every mount made here
 # disappears when the last process of the namespace exits, however that
 # happens (normal exit, timeout, SIGKILL): nothing can leak into the host.
-# Environment: RG_JOB, RG_SOCKET_DIRS (newline separated), RG_QEMU_LOG.
+# Environment: RG_JOB, RG_SOCKET_DIRS (newline separated), RG_QEMU_LOG, RG_SHARE.
 # Arguments: the QEMU command line.
 inner() {
 	local s="$CHROOT$NS_DIR" n sd top
@@ -55,7 +58,10 @@ inner() {
 	# its own namespace, hence its own tmpfs).
 	mkdir -p "$s"
 	mount -t tmpfs -o mode=0755 tmpfs "$s"
-	mkdir "$s"/{root,job,modules,boot}
+	mkdir "$s"/{root,job,modules,boot,shared}
+	if [[ -n $RG_SHARE ]]; then
+		mount --bind "$RG_SHARE" "$s/shared"
+	fi
 
 	# The guest's root share: a NON-recursive bind of the chroot, i.e. the
 	# plain chroot tree without the /proc, /dev, ... mounted below for QEMU.
@@ -146,7 +152,7 @@ usage_error() {
 	exit 2
 }
 
-JOB="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot
+JOB="" SHARE="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot
 SOCKET_DIRS=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -159,6 +165,7 @@ while [[ $# -gt 0 ]]; do
 	--verbose) VERBOSE=1; shift ;;
 	--quiet) QUIET=1; shift ;;
 	--allow-reboot) REBOOT=""; shift ;;
+	--share) SHARE=${2:?--share needs a value}; shift 2 ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
 	*) usage_error "unknown argument '$1' (extra QEMU arguments go after --)" ;;
@@ -171,6 +178,10 @@ EXTRA_QEMU_ARGS=("$@")
 [[ -d $JOB ]] || usage_error "job dir '$JOB' does not exist"
 JOB=$(readlink -f "$JOB")
 [[ -f $JOB/run.sh ]] || usage_error "$JOB/run.sh does not exist"
+if [[ -n $SHARE ]]; then
+	[[ -d $SHARE ]] || usage_error "share dir '$SHARE' does not exist"
+	SHARE=$(readlink -f "$SHARE")
+fi
 for v in MEM SMP TIMEOUT; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || usage_error "--${v,,} must be a positive integer, got '${!v}'"
 done
@@ -216,12 +227,18 @@ QEMU_ARGS=(
 	-device virtio-9p-pci,fsdev=fsjob,mount_tag=job,disable-legacy=on
 	-fsdev "local,id=fsmod,path=$NS_DIR/modules,readonly=on,$P9OPTS"
 	-device virtio-9p-pci,fsdev=fsmod,mount_tag=modules,disable-legacy=on
-	"${EXTRA_QEMU_ARGS[@]}"
 )
+if [[ -n $SHARE ]]; then
+	QEMU_ARGS+=(
+		-fsdev "local,id=fsshared,path=$NS_DIR/shared,$P9OPTS"
+		-device virtio-9p-pci,fsdev=fsshared,mount_tag=shared,disable-legacy=on
+	)
+fi
+QEMU_ARGS+=("${EXTRA_QEMU_ARGS[@]}")
 printf '%q ' "${QEMU_ARGS[@]}" >"$JOB/qemu-cmdline"
 echo >>"$JOB/qemu-cmdline"
 
-export RG_JOB="$JOB" RG_QEMU_LOG="$JOB/qemu.log"
+export RG_JOB="$JOB" RG_QEMU_LOG="$JOB/qemu.log" RG_SHARE="$SHARE"
 RG_SOCKET_DIRS=$(printf '%s\n' "${SOCKET_DIRS[@]}")
 export RG_SOCKET_DIRS
 

@@ -5,8 +5,7 @@
 use crate::regs::*;
 use crate::state::{BarReg, Regs};
 use epf_epc::{
-    AreaKind, BarArea, BarSpec, Capability, FunctionSpec, MsixSpec, PciHeader, BAR_COUNT,
-    PAGE_SIZE,
+    AreaKind, BarArea, BarSpec, Capability, FunctionSpec, MsixSpec, PciHeader, BAR_COUNT, PAGE_SIZE,
 };
 
 /// The part of the register file that shapes the host-side device. Two equal layouts give
@@ -116,7 +115,7 @@ impl HostLayout {
             capabilities.push(Capability {
                 id: PCI_CAP_ID_MSI,
                 body,
-                writable: vec![2..14],
+                writable: std::iter::once(2..14).collect(),
                 trapped: vec![],
             });
         }
@@ -242,8 +241,10 @@ mod tests {
     use super::*;
 
     fn regs() -> Regs {
-        let mut r = Regs::default();
-        r.hdr = [0xedda_16c3, 0xff00_0000, 0, 1];
+        let mut r = Regs {
+            hdr: [0xedda_16c3, 0xff00_0000, 0, 1],
+            ..Default::default()
+        };
         r.bars[0] = BarReg {
             phys: 0x1000,
             size: 512,
@@ -282,7 +283,10 @@ mod tests {
         let b0 = s.bars[0].as_ref().unwrap();
         b0.validate().unwrap();
         assert_eq!(
-            b0.areas.iter().map(|a| (a.offset, a.kind)).collect::<Vec<_>>(),
+            b0.areas
+                .iter()
+                .map(|a| (a.offset, a.kind))
+                .collect::<Vec<_>>(),
             vec![
                 (0, AreaKind::Trapped),
                 (128, AreaKind::MsixTable),

@@ -101,6 +101,9 @@ fn vectors_for(bits: u32, mask: u32) -> Vec<u16> {
     v
 }
 
+/// A piece of a DMA transfer: memory, address in it, length.
+type Piece = (Arc<dyn HostMemory>, u64, u64);
+
 /// Errno values of `IRQ_RESULT`.
 const EINVAL: u32 = 22;
 const ENODEV: u32 = 19;
@@ -263,11 +266,12 @@ impl Link {
                     (Some(h), true) => (h.msi_vectors_enabled(), h.msix_vectors_enabled()),
                     _ => (0, 0),
                 };
-                (r.host_attached as u32) * STATUS_HOST_ATTACHED
-                    | (r.link_up() as u32) * STATUS_LINK_UP
-                    | (r.bme as u32) * STATUS_BME
-                    | ((msi > 0) as u32) * STATUS_MSI
-                    | ((msix > 0) as u32) * STATUS_MSIX
+                let bit = |on: bool, b: u32| if on { b } else { 0 };
+                bit(r.host_attached, STATUS_HOST_ATTACHED)
+                    | bit(r.link_up(), STATUS_LINK_UP)
+                    | bit(r.bme, STATUS_BME)
+                    | bit(msi > 0, STATUS_MSI)
+                    | bit(msix > 0, STATUS_MSIX)
             }
             EVENT_STATUS => r.event_status,
             EVENT_MASK => r.event_mask,
@@ -677,15 +681,17 @@ impl Link {
     /// An EP access to the aperture (BAR 2 of the controller).
     pub fn aperture_read(&self, off: u64, data: &mut [u8]) {
         bump(&self.stats.aperture_reads);
-        let ok = self.aperture_ranges(off, data.len() as u64).and_then(|ranges| {
-            let mem = self.host_mem()?;
-            let mut pos = 0;
-            for (addr, n) in ranges {
-                mem.read(addr, &mut data[pos..pos + n as usize]).ok()?;
-                pos += n as usize;
-            }
-            Some(())
-        });
+        let ok = self
+            .aperture_ranges(off, data.len() as u64)
+            .and_then(|ranges| {
+                let mem = self.host_mem()?;
+                let mut pos = 0;
+                for (addr, n) in ranges {
+                    mem.read(addr, &mut data[pos..pos + n as usize]).ok()?;
+                    pos += n as usize;
+                }
+                Some(())
+            });
         if ok.is_some() {
             add(&self.stats.aperture_bytes, data.len() as u64);
         } else {
@@ -697,18 +703,20 @@ impl Link {
     /// An EP write to the aperture.
     pub fn aperture_write(&self, off: u64, data: &[u8]) {
         bump(&self.stats.aperture_writes);
-        let ok = self.aperture_ranges(off, data.len() as u64).and_then(|ranges| {
-            let mem = self.host_mem()?;
-            for &(addr, n) in &ranges {
-                mem.check_range(addr, n).ok()?;
-            }
-            let mut pos = 0;
-            for (addr, n) in ranges {
-                mem.write(addr, &data[pos..pos + n as usize]).ok()?;
-                pos += n as usize;
-            }
-            Some(())
-        });
+        let ok = self
+            .aperture_ranges(off, data.len() as u64)
+            .and_then(|ranges| {
+                let mem = self.host_mem()?;
+                for &(addr, n) in &ranges {
+                    mem.check_range(addr, n).ok()?;
+                }
+                let mut pos = 0;
+                for (addr, n) in ranges {
+                    mem.write(addr, &data[pos..pos + n as usize]).ok()?;
+                    pos += n as usize;
+                }
+                Some(())
+            });
         if ok.is_some() {
             add(&self.stats.aperture_bytes, data.len() as u64);
         } else {
@@ -718,12 +726,7 @@ impl Link {
 
     /// The pieces of a DMA address range: (memory, address, length). EP-physical addresses in
     /// the aperture go through the windows to host memory.
-    fn dma_pieces(
-        &self,
-        addr: u64,
-        len: u64,
-        host_addr: bool,
-    ) -> Option<Vec<(Arc<dyn HostMemory>, u64, u64)>> {
+    fn dma_pieces(&self, addr: u64, len: u64, host_addr: bool) -> Option<Vec<Piece>> {
         if host_addr {
             return Some(vec![(self.host_mem()?, addr, len)]);
         }

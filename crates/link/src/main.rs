@@ -90,9 +90,10 @@ fn run(args: Args) -> Result<(), String> {
     }
     log::info!("epf-link: shutting down");
     ep.shutdown();
-    link.shutdown();
     let r = thread.join();
+    // The counters of the host side too, before it goes.
     write_stats();
+    link.shutdown();
     match r {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

@@ -144,7 +144,9 @@ impl Regs {
         if n > 0 && self.bars[n - 1].enabled && self.bars[n - 1].is_64bit() {
             return Err(ErrorCode::BadBar);
         }
-        b.phys.checked_add(b.backing_len()).ok_or(ErrorCode::BadBar)?;
+        b.phys
+            .checked_add(b.backing_len())
+            .ok_or(ErrorCode::BadBar)?;
         Ok(())
     }
 
@@ -187,10 +189,9 @@ impl Regs {
 
     /// The host address behind aperture offset `off`, through the enabled windows.
     pub fn translate(&self, off: u64) -> Option<(u64, u64)> {
-        self.windows.iter().find_map(|w| {
-            w.translate(off)
-                .map(|a| (a, w.ap_offset + w.size - off))
-        })
+        self.windows
+            .iter()
+            .find_map(|w| w.translate(off).map(|a| (a, w.ap_offset + w.size - off)))
     }
 
     /// Resets everything the EP programmed (EP reset or a new EP VM).
@@ -243,7 +244,7 @@ mod tests {
             enabled: false,
         };
         assert_eq!(r.check_bar(2), Err(ErrorCode::BadBar));
-        r.bars[2].phys = u64::MAX & !0xfff;
+        r.bars[2].phys = !0xfff;
         assert_eq!(r.check_bar(2), Err(ErrorCode::BadBar));
     }
 
@@ -270,7 +271,7 @@ mod tests {
         assert_eq!(r.check_window(1, 0x10_0000), Ok(()));
         r.windows[1].ap_offset = 0x3001;
         assert_eq!(r.check_window(1, 0x10_0000), Err(ErrorCode::BadWindow));
-        r.windows[1].ap_offset = u64::MAX & !0xfff;
+        r.windows[1].ap_offset = !0xfff;
         assert_eq!(r.check_window(1, u64::MAX), Err(ErrorCode::BadWindow));
         assert_eq!(r.translate(0x1000), Some((0x8000_0010, 0x2000)));
         assert_eq!(r.translate(0x2fff), Some((0x8000_200f, 1)));
