@@ -17,8 +17,11 @@
 #   --link-arg ARG   extra argument for the link (repeatable)
 #   --ep-opt OPT     extra run-guest.sh option for the EP VM (repeatable; e.g. --append)
 #   --host-opt OPT   extra run-guest.sh option for the host VM (repeatable)
+#   --ep-qemu ARG, --host-qemu ARG
+#                    extra QEMU argument for that VM (repeatable)
 #   --host-boots N   boot the host VM N times in a row (a fresh QEMU each time; the link
-#                    serves the next one); HOSTDIR/boot holds the number of the current boot
+#                    serves the next one); HOSTDIR/boot holds the number of the current boot,
+#                    HOSTDIR/output-all.log the output of every boot
 #   --timeout SEC    per-VM timeout (default 300)
 #
 # The EP VM gets the controller at 01:00.0; the host VM gets the function at 01:00.0.
@@ -38,7 +41,7 @@ LOG_TAG=run-rig
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WORK="" EP_JOB="" HOST_JOB="" LINK="" TIMEOUT=300 HOST_BOOTS=1
-LINK_ARGS=() EP_OPTS=() HOST_OPTS=()
+LINK_ARGS=() EP_OPTS=() HOST_OPTS=() EP_QEMU=() HOST_QEMU=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--work) WORK=${2:?}; shift 2 ;;
@@ -48,6 +51,8 @@ while [[ $# -gt 0 ]]; do
 	--link-arg) LINK_ARGS+=("${2?}"); shift 2 ;;
 	--ep-opt) EP_OPTS+=("${2?}"); shift 2 ;;
 	--host-opt) HOST_OPTS+=("${2?}"); shift 2 ;;
+	--ep-qemu) EP_QEMU+=("${2?}"); shift 2 ;;
+	--host-qemu) HOST_QEMU+=("${2?}"); shift 2 ;;
 	--host-boots) HOST_BOOTS=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	-h | --help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
@@ -103,7 +108,7 @@ for _ in $(seq 100); do [[ -S $EP_SOCK ]] && break; sleep 0.05; done
 
 mapfile -t EP_DEV < <(vfio_user_dev "$EP_SOCK")
 "$HARNESS_DIR/run-guest.sh" --job-dir "$EP_JOB" --mem 512 --timeout "$TIMEOUT" --quiet \
-	--socket-dir "$WORK/sock" --share "$WORK/shared" "${EP_OPTS[@]}" -- "${EP_DEV[@]}" \
+	--socket-dir "$WORK/sock" --share "$WORK/shared" "${EP_OPTS[@]}" -- "${EP_QEMU[@]}" "${EP_DEV[@]}" \
 	>"$WORK/ep-vm.log" 2>&1 &
 EP_PID=$!
 
@@ -125,15 +130,18 @@ log "function started after $((SECONDS - T0)) s; booting the host VM"
 
 mapfile -t HOST_DEV < <(vfio_user_dev "$HOST_SOCK")
 HOST_RC=0
+: >"$HOST_JOB/output-all.log"
 for ((boot = 1; boot <= HOST_BOOTS; boot++)); do
 	echo "$boot" >"$HOST_JOB/boot"
 	if ! "$HARNESS_DIR/run-guest.sh" --job-dir "$HOST_JOB" --mem 512 --timeout "$TIMEOUT" --quiet \
-		--socket-dir "$WORK/sock" --share "$WORK/shared" "${HOST_OPTS[@]}" -- "${HOST_DEV[@]}" \
+		--socket-dir "$WORK/sock" --share "$WORK/shared" "${HOST_OPTS[@]}" -- "${HOST_QEMU[@]}" "${HOST_DEV[@]}" \
 		>>"$WORK/host-vm.log" 2>&1; then
 		HOST_RC=$(cat "$HOST_JOB/exit-code" 2>/dev/null || echo 125)
 		[[ $HOST_RC != 0 ]] || HOST_RC=125
+		cat "$HOST_JOB/output.log" >>"$HOST_JOB/output-all.log" 2>/dev/null || true
 		break
 	fi
+	cat "$HOST_JOB/output.log" >>"$HOST_JOB/output-all.log" 2>/dev/null || true
 done
 touch "$WORK/shared/host-done"
 
