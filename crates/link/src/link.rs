@@ -55,6 +55,9 @@ struct HostSide {
     ctl: Arc<VfioUserController>,
     thread: Option<JoinHandle<Result<(), epf_vfio_user::VfioUserError>>>,
     layout: HostLayout,
+    /// The EP was reset since this device was laid out: its BAR mappings may point at memory
+    /// of an EP VM that is gone, so it is never reused.
+    stale: bool,
 }
 
 impl HostSide {
@@ -550,7 +553,7 @@ impl Link {
                 Err(code) => return self.reject(&mut r, code),
             }
         };
-        let reuse = host.as_ref().is_some_and(|h| h.layout == layout);
+        let reuse = host.as_ref().is_some_and(|h| !h.stale && h.layout == layout);
         if !reuse {
             if host.is_some() && self.regs().host_attached {
                 let mut r = self.regs();
@@ -615,6 +618,7 @@ impl Link {
             ctl,
             thread: Some(thread),
             layout,
+            stale: false,
         })
     }
 
@@ -815,8 +819,9 @@ impl Link {
             r.reset();
             s
         };
-        if let Some(h) = self.host_ctl() {
-            h.set_link_up(false);
+        if let Some(h) = lock(&self.host).as_mut() {
+            h.ctl.set_link_up(false);
+            h.stale = true;
         }
         if was_started {
             log::info!("link: EP reset; the function is stopped");

@@ -141,6 +141,14 @@ impl Rig {
     /// Programs a function as pci-epf-test would: header, MSI, MSI-X in BAR 0 after the
     /// registers, BAR 0 (512 bytes) and BAR 1 (16 KiB) in EP RAM, then starts it.
     fn start_function(&mut self) {
+        self.start_function_keeping_error();
+        assert_eq!(self.error(), 0);
+        let sock = self.dir.join("host.sock");
+        wait_for("the host socket", || sock.exists());
+    }
+
+    /// Like `start_function`, leaving the result in `ERROR`.
+    fn start_function_keeping_error(&mut self) {
         self.w(HDR_ID, 0xedda_16c3);
         self.w(HDR_CLASS_REV, 0xff00_0000);
         self.w(HDR_INTX, 1);
@@ -151,9 +159,6 @@ impl Rig {
         assert_eq!(self.bar(0, EP_RAM, 512, 0), 0);
         assert_eq!(self.bar(1, EP_RAM + 0x4000, 0x4000, 0), 0);
         self.w(LINK_CTRL, LINK_START);
-        assert_eq!(self.error(), 0);
-        let sock = self.dir.join("host.sock");
-        wait_for("the host socket", || sock.exists());
     }
 
     fn host(&self) -> Client {
@@ -523,4 +528,30 @@ fn an_ep_reset_stops_the_function_and_forgets_its_programming() {
     assert_eq!(rig.r(BAR_BASE + BAR_CTRL), 0);
     assert_eq!(config_u32(&mut host, 0), 0xffff_ffff);
     assert!(Path::new(&rig.dir.join("host.sock")).exists());
+    // The host's BAR mappings may belong to an EP that is gone: the same layout is not shown
+    // to that host again; it must go, and the next host gets a fresh device.
+    rig.w(EVENT_STATUS, !0);
+    rig.start_function_keeping_error();
+    assert_eq!(rig.error(), ErrorCode::Busy as u32);
+    drop(host);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rig.r(LINK_STATUS) & STATUS_HOST_ATTACHED != 0 {
+        assert!(Instant::now() < deadline, "the host did not go");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A new EP VM (new connection, new RAM) programs the function again.
+    rig.ep.sock.shutdown(std::net::Shutdown::Both).unwrap();
+    rig.ep = Client::connect_negotiated(&rig.dir.join("ep.sock"));
+    rig.ep_ram = memfd(EP_RAM_SIZE);
+    rig.ep
+        .dma_map(EP_RAM, EP_RAM_SIZE as u64, 0, 3, Some(rig.ep_ram.as_raw_fd()))
+        .ok();
+    rig.start_function();
+    let mut host = rig.host();
+    assert_eq!(config_u32(&mut host, 0), 0xedda_16c3);
+    let (p, _) = map_bar(&mut host, 1);
+    // SAFETY: `p` maps the 16 KiB BAR.
+    unsafe { std::ptr::write_volatile(p, 0x77) };
+    assert_eq!(pread(&rig.ep_ram, 0x4000, 1), [0x77], "the new EP's memory");
+    assert!(rig.link.report(None).contains("link.host_layouts 2"));
 }
