@@ -553,7 +553,9 @@ impl Link {
                 Err(code) => return self.reject(&mut r, code),
             }
         };
-        let reuse = host.as_ref().is_some_and(|h| !h.stale && h.layout == layout);
+        let reuse = host
+            .as_ref()
+            .is_some_and(|h| !h.stale && h.layout == layout);
         if !reuse {
             if host.is_some() && self.regs().host_attached {
                 let mut r = self.regs();

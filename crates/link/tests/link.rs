@@ -544,7 +544,13 @@ fn an_ep_reset_stops_the_function_and_forgets_its_programming() {
     rig.ep = Client::connect_negotiated(&rig.dir.join("ep.sock"));
     rig.ep_ram = memfd(EP_RAM_SIZE);
     rig.ep
-        .dma_map(EP_RAM, EP_RAM_SIZE as u64, 0, 3, Some(rig.ep_ram.as_raw_fd()))
+        .dma_map(
+            EP_RAM,
+            EP_RAM_SIZE as u64,
+            0,
+            3,
+            Some(rig.ep_ram.as_raw_fd()),
+        )
         .ok();
     rig.start_function();
     let mut host = rig.host();

@@ -262,7 +262,10 @@ impl IrqState {
     /// How many MSI vectors the host enabled: the vectors up to the last one with an eventfd
     /// (the host enables a power of two of them at once).
     pub fn msi_enabled(&self) -> u16 {
-        self.msi.iter().rposition(Option::is_some).map_or(0, |i| i as u16 + 1)
+        self.msi
+            .iter()
+            .rposition(Option::is_some)
+            .map_or(0, |i| i as u16 + 1)
     }
 
     /// Forgets every eventfd and the INTx state (client gone or function reset).
