@@ -4,6 +4,7 @@
 #  - crates (cargo fetch; cached in ~/.cargo)
 #  - the host-VM harness: trixie chroot with QEMU >= 10.1 and a Debian guest kernel
 #    (cached in ${VIRTIO_EPF_CACHE:-/var/cache/virtio-epf}, outside the repository)
+#  - the endpoint-side rig's modules (harness/build-modules.sh, cached there too)
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -22,3 +23,5 @@ command -v cargo >/dev/null 2>&1 || {
 }
 cargo fetch --locked -q
 harness/setup.sh
+# The endpoint-side rig's kernel modules and pcitest (cached; rebuilt when kernel/ changes).
+harness/build-modules.sh >/dev/null

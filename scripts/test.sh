@@ -6,6 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/prepare.sh
 cargo fmt --all --check
 cargo clippy --locked --all-targets -- -D warnings
+kernel/check.sh
 cargo build --release --locked
 cargo test --locked --workspace
 # The device suites again in each bare-endpoint mode (crates/virtio-epf/tests/support: Mode).
