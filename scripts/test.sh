@@ -9,6 +9,8 @@ cargo clippy --locked --all-targets -- -D warnings
 kernel/check.sh
 cargo build --release --locked
 cargo test --locked --workspace
+# Unit tests in the release profile too (optimisations must not change what they prove).
+cargo test --locked --release --workspace --lib
 # The device suites again in each bare-endpoint mode (crates/virtio-epf/tests/support: Mode).
 # Polled registers keep a poller spinning per device, so those guests run one at a time.
 for mode in legacy-poll legacy-doorbell windows; do

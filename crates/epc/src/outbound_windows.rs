@@ -167,6 +167,12 @@ impl HostMemory for OutboundWindows {
     }
 
     fn read_u16(&self, addr: u64) -> Result<u16, HostMemError> {
+        if addr % 2 != 0 {
+            // May straddle two windows: byte-wise, each piece through its own window.
+            let mut b = [0; 2];
+            self.read(addr, &mut b)?;
+            return Ok(u16::from_le_bytes(b));
+        }
         let mut v = 0;
         // An aligned u16 never crosses a window (windows are >= 4 KiB and aligned).
         self.each_piece(addr, 2, |a, _| {
@@ -355,6 +361,19 @@ mod tests {
         w.read_u16(0x13004).unwrap();
         assert_eq!(w.stats().hits, before.hits + 1);
         assert_eq!(w.stats().misses, before.misses);
+    }
+
+    #[test]
+    fn an_odd_u16_across_a_window_boundary_reads_both_windows() {
+        let flat = Flat::new();
+        let w = OutboundWindows::new(flat.clone(), 2, 4096).unwrap();
+        w.write(0x10fff, &[0x34, 0x12]).unwrap();
+        assert_eq!(w.read_u16(0x10fff).unwrap(), 0x1234);
+        w.write_u16(0x11fff, 0xbeef).unwrap();
+        let mut b = [0; 2];
+        flat.read(0x11fff, &mut b).unwrap();
+        assert_eq!(u16::from_le_bytes(b), 0xbeef);
+        assert_eq!(w.read_u16(0x11fff).unwrap(), 0xbeef);
     }
 
     #[test]

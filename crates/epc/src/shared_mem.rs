@@ -296,7 +296,15 @@ impl Drop for SharedMemory {
         drop(self.guard.take());
         // SAFETY: `ptr`/`len` describe a mapping created by `map` and not yet unmapped; no
         // reference into it can outlive `self` (accessors copy).
-        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+        if unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) } != 0 {
+            // Cannot happen for a mapping we made; if it does, the range stays mapped (and
+            // unused) rather than being reused under someone's feet.
+            log::error!(
+                "munmap of {:#x} bytes failed: {}",
+                self.len,
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
 
@@ -384,6 +392,10 @@ mod tests {
             assert_eq!(unsafe { libc::ftruncate(plain.raw_fd().unwrap(), 0) }, 0);
             let mut b = [0u8; 1];
             let _ = plain.read(4096, &mut b);
+            // The copy's result is otherwise unused, and a release build would drop it.
+            std::hint::black_box(&b);
+            // SAFETY: a byte inside the live mapping (whose file was truncated: this faults).
+            let _ = unsafe { std::ptr::read_volatile(plain.ptr_at(4096, 1).unwrap()) };
             // Reaching this line means the fault was swallowed.
             std::process::exit(0);
         }

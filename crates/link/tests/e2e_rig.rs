@@ -150,7 +150,10 @@ pt "irq type MSI" -i 1
 for s in 1 4097 65536; do
     pt "read $s" -r -s $s; pt "write $s" -w -s $s; pt "copy $s" -c -s $s
 done
-pt "read 1 MiB" -r -s 1048576; pt "write 1 MiB" -w -s 1048576
+# Without DMA the EP reads host memory one 4-byte MMIO round trip (~150 us here) at a time
+# from a high-priority worker: a 1 MiB read runs for a minute and starves the 1-vCPU EP
+# VM's RCU thread. Writes are posted: 1 MiB is quick.
+pt "write 1 MiB" -w -s 1048576
 for s in 1 4097 65536 1048576; do pt "DMA read $s" -r -d -s $s; pt "DMA write $s" -w -d -s $s; done
 # Reality check: with eDMA-style private (slave) channels pci-epf-test refuses a DMA copy
 # ("DMA controller doesn't support MEMCPY"); the memcpy test covers copies with DMA.
@@ -176,7 +179,7 @@ finish
     // page holding the MSI-X table (BAR 0's registers share it) is trapped and forwarded.
     assert_eq!(r.counter("host.memory_accesses"), 0);
     assert!(r.counter("link.host_forwarded") > 0);
-    assert!(r.counter("link.aperture_bytes") >= 2 * (1 + 4097 + 65536) + 2 * 1048576);
+    assert!(r.counter("link.aperture_bytes") >= 4 * (1 + 4097 + 65536) + 1048576);
     assert!(r.counter("link.dma_bytes") >= 2 * (1 + 4097 + 65536 + 1048576));
     assert_eq!(r.counter("link.dma_errors"), 0);
     assert!(r.counter("link.irqs_msi") >= 3 && r.counter("link.irqs_msix") >= 3);

@@ -54,6 +54,16 @@ impl Function {
         self.region_access(region, offset, Buf::Write(data), c)
     }
 
+    /// Checks that `len` bytes at `offset` lie inside region `region`, which exists.
+    pub fn check_access(&self, region: u32, offset: u64, len: usize) -> Result<(), Errno> {
+        let size = self.region_size(region);
+        let end = offset.checked_add(len as u64).ok_or(libc::EINVAL)?;
+        if size == 0 || end > size || !(region < 6 || region == CONFIG_REGION) {
+            return Err(libc::EINVAL);
+        }
+        Ok(())
+    }
+
     fn region_access(
         &self,
         region: u32,
@@ -61,11 +71,7 @@ impl Function {
         buf: Buf<'_>,
         c: &Counters,
     ) -> Result<(), Errno> {
-        let size = self.region_size(region);
-        let end = offset.checked_add(buf.len() as u64).ok_or(libc::EINVAL)?;
-        if size == 0 || end > size {
-            return Err(libc::EINVAL);
-        }
+        self.check_access(region, offset, buf.len())?;
         if !self.link_up() {
             // Nothing answers behind a link that is down: reads complete with all-ones.
             if let Buf::Read(b) = buf {

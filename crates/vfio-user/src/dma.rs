@@ -64,12 +64,41 @@ pub(crate) fn map_client_memory(
             .raw_os_error()
             .unwrap_or(libc::EBADF));
     }
-    if st.st_mode & libc::S_IFMT == libc::S_IFREG && end > st.st_size as u64 {
+    // Guest RAM is a memfd, a shm or hugetlbfs file, or a file on a local disk. Anything else
+    // (a FUSE or network file, a device, a pipe) could stall or fail a page fault taken while
+    // we copy with the table locked.
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        log::warn!("vfio-user: DMA_MAP descriptor is not a regular file");
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: fstatfs writes a statfs structure for a descriptor we own.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `fs` is live and exclusively borrowed.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
+        return Err(libc::EBADF);
+    }
+    if !LOCAL_FS_MAGICS.contains(&(fs.f_type as i64)) {
+        log::warn!(
+            "vfio-user: DMA_MAP descriptor on file system {:#x} refused (only tmpfs, \
+             hugetlbfs and local disk file systems)",
+            fs.f_type
+        );
+        return Err(libc::EINVAL);
+    }
+    if end > st.st_size as u64 {
         return Err(libc::EINVAL);
     }
     SharedMemory::map_foreign(fd, offset, len, writable)
         .map_err(|e| e.raw_os_error().unwrap_or(libc::ENOMEM))
 }
+
+/// File systems whose files may back DMA mappings: tmpfs (memfds, /dev/shm), hugetlbfs, and
+/// local disk file systems (ext2/3/4, xfs, btrfs) for file-backed guest RAM.
+const LOCAL_FS_MAGICS: [i64; 5] = [0x0102_1994, 0x9584_58f6, 0xef53, 0x5846_5342, 0x9123_683e];
+
+/// Most bytes all mappings of one client may cover together: far beyond any guest we serve,
+/// far below what sparse files could make us reserve of our address space.
+pub(crate) const MAX_DMA_BYTES: u64 = 256 << 30;
 
 /// The set of mappings, keyed by IOVA.
 #[derive(Debug, Default)]
@@ -104,6 +133,14 @@ impl DmaTable {
         }
         let mut maps = self.write_lock();
         if maps.len() >= max_maps {
+            return Err(DmaError::TooMany);
+        }
+        let mapped: u64 = maps
+            .values()
+            .filter(|m| m.mem.is_some())
+            .map(|m| m.size)
+            .sum();
+        if map.mem.is_some() && mapped + map.size > MAX_DMA_BYTES {
             return Err(DmaError::TooMany);
         }
         // The mapping starting at or below iova must end at or below it; the next one must
@@ -152,6 +189,15 @@ impl DmaTable {
     pub fn clear(&self) -> usize {
         let removed = std::mem::take(&mut *self.write_lock());
         removed.len()
+    }
+
+    /// Bytes covered by mappings that are backed by our own mapping of a descriptor.
+    pub fn mapped_bytes(&self) -> u64 {
+        let maps = self.read_lock();
+        maps.values()
+            .filter(|m| m.mem.is_some())
+            .map(|m| m.size)
+            .sum()
     }
 
     /// Number of mappings.

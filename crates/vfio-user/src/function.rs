@@ -170,14 +170,16 @@ impl Function {
             }
         }
 
+        // The layout every controller presents (`ConfigSpace::from_spec`): the function's
+        // capabilities from 0x40 in order, where `capability_offsets` says, then MSI-X.
         let mut config = ConfigSpace::new(&spec.header, &spec.bars);
         let mut config_trapped = Vec::new();
-        if let Some(m) = &spec.msix {
-            config.add_msix(m)?;
-        }
         for cap in &spec.capabilities {
             let off = config.add_capability(cap)?;
             config_trapped.extend(cap.trapped.iter().map(|r| off + r.start..off + r.end));
+        }
+        if let Some(m) = &spec.msix {
+            config.add_msix(m)?;
         }
         config_trapped.sort_by_key(|r| r.start);
 

@@ -8,7 +8,7 @@
 //! Descriptors a command does not use are closed.
 
 use crate::access::Errno;
-use crate::dma::{map_client_memory, DmaError, DmaMap, DmaTable};
+use crate::dma::{map_client_memory, DmaError, DmaMap, DmaTable, MAX_DMA_BYTES};
 use crate::function::Function;
 use crate::irq::{Action, IrqError};
 use crate::json;
@@ -420,6 +420,10 @@ impl<'a> Session<'a> {
         }
         let readable = fl & vb::VFIO_DMA_MAP_FLAG_READ != 0;
         let writable = fl & vb::VFIO_DMA_MAP_FLAG_WRITE != 0;
+        if !fds.is_empty() && self.dma.mapped_bytes().saturating_add(size) > MAX_DMA_BYTES {
+            log::warn!("vfio-user: DMA_MAP beyond {MAX_DMA_BYTES:#x} mapped bytes refused");
+            return Err(libc::ENOSPC.into());
+        }
         let mem = match fds.pop() {
             Some(fd) if readable || writable => Some(
                 map_client_memory(fd, offset, size, writable).inspect_err(|&errno| {
@@ -640,6 +644,10 @@ impl<'a> Session<'a> {
     }
 
     fn region_write_multi(&mut self, body: Body<'_>) -> CmdResult {
+        // Only a client that proposed it in VERSION may use it.
+        if !self.caps.is_some_and(|c| c.write_multiple) {
+            return Err(libc::EINVAL.into());
+        }
         let n = body.u64(0).ok_or(libc::EINVAL)?;
         if n > WRITE_MULTI_MAX {
             return Err(libc::EINVAL.into());
@@ -657,6 +665,7 @@ impl<'a> Session<'a> {
             if count > WRITE_MULTI_DATA {
                 return Err(libc::EINVAL.into());
             }
+            self.func.check_access(region, offset, count)?;
             writes.push((offset, region, &e.0[REGION_RW_SIZE..REGION_RW_SIZE + count]));
         }
         for (offset, region, data) in writes {

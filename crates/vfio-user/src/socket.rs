@@ -181,8 +181,14 @@ impl Conn {
                     let data = libc::CMSG_DATA(c) as *const RawFd;
                     let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                     for i in 0..payload / std::mem::size_of::<RawFd>() {
-                        let fd = std::ptr::read_unaligned(data.add(i));
-                        fds.push(OwnedFd::from_raw_fd(fd));
+                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                        // One message carries at most MAX_MSG_FDS descriptors, however many
+                        // recvmsg calls it takes: the rest are closed as they arrive.
+                        if fds.len() < MAX_MSG_FDS {
+                            fds.push(fd);
+                        } else {
+                            *truncated = true;
+                        }
                     }
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);

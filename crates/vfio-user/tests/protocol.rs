@@ -134,8 +134,12 @@ fn config_space_reads_header_and_forwards_trapped_ranges() {
     // BAR type bits: BAR0 32-bit memory, BAR2 64-bit prefetchable.
     assert_eq!(cfg[0x10] & 0xf, 0);
     assert_eq!(cfg[0x18] & 0xf, 0b1100);
-    // Walk the capability list: MSI-X then the vendor capability.
-    let msix = cfg[0x34] as usize;
+    // Walk the capability list: the function's capabilities where `capability_offsets` says
+    // (the function computes trapped offsets from it), then MSI-X.
+    let vndr = cfg[0x34] as usize;
+    assert_eq!(vndr, epf_epc::capability_offsets(&spec().capabilities)[0]);
+    assert_eq!(cfg[vndr], 0x09);
+    let msix = cfg[vndr + 1] as usize;
     assert_eq!(cfg[msix], 0x11);
     let ctrl = u16::from_le_bytes([cfg[msix + 2], cfg[msix + 3]]);
     assert_eq!(ctrl & 0x7ff, MSIX_VECTORS - 1);
@@ -143,8 +147,7 @@ fn config_space_reads_header_and_forwards_trapped_ranges() {
     assert_eq!(table, 0x3000);
     let pba = u32::from_le_bytes(cfg[msix + 8..msix + 12].try_into().unwrap());
     assert_eq!(pba, 0x3800);
-    let vndr = cfg[msix + 1] as usize;
-    assert_eq!(cfg[vndr], 0x09);
+    assert_eq!(cfg[msix + 1], 0, "MSI-X ends the list");
     assert_eq!(cfg[vndr + 2], 14);
     assert_eq!(
         &cfg[vndr + 4..vndr + 8],

@@ -7,6 +7,7 @@ use common::client::*;
 use common::*;
 use std::os::fd::AsRawFd;
 use vfio_bindings::bindings::vfio as vb;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// A proper client still gets served.
 fn still_serves(s: &Setup) {
@@ -215,5 +216,114 @@ fn random_messages_never_break_the_daemon() {
     }
     drop(c);
     s.wait_resets(1);
+    still_serves(&s);
+}
+
+/// Open descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn descriptors_of_one_message_are_bounded_while_it_arrives() {
+    let s = Setup::new();
+    let c = Client::connect_negotiated(&s.path);
+    let (fd, _keep) = eventfd();
+    let before = open_fds();
+    // One DMA_MAP announcing a 64 KiB body, sent in 200 pieces of 16 bytes that each carry
+    // 8 descriptors: the server must not hold 1600 of them while the message arrives.
+    let body = vec![0u8; 64 * 1024];
+    let msg = Client::message(0x55, DMA_MAP, 0, &body);
+    c.send_raw(&msg[..16], &[]);
+    let fds = [fd.as_raw_fd(); 8];
+    for piece in msg[16..16 + 200 * 16].chunks(16) {
+        c.sock.send_with_fds(&[piece], &fds).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let held = open_fds().saturating_sub(before);
+    assert!(
+        held <= 16 + 2,
+        "the server holds {held} descriptors of one message"
+    );
+    c.send_raw(&msg[16 + 200 * 16..], &[]);
+    let reply = c.recv().unwrap();
+    assert!(
+        reply.is_error(),
+        "a message that lost descriptors is refused"
+    );
+    drop(c);
+    still_serves(&s);
+}
+
+#[test]
+fn write_multi_needs_negotiation_and_applies_nothing_if_any_entry_is_bad() {
+    let s = Setup::new();
+    let entry = |b: Bytes, off: u64| b.u64(off).u32(0).u32(2).raw(&[7, 7, 0, 0, 0, 0, 0, 0]);
+    // A client that did not propose write_multiple.
+    let mut c = Client::connect(&s.path);
+    c.version(r#"{"capabilities":{"max_msg_fds":16}}"#).ok();
+    let one = entry(Bytes::default().u64(1), 0x40).0;
+    c.request(REGION_WRITE_MULTI, &one, &[]).err(libc::EINVAL);
+    drop(c);
+    s.wait_resets(1);
+    // A negotiated client: the second entry is beyond BAR 0, so the first is not applied.
+    let mut c = Client::connect_negotiated(&s.path);
+    let two = entry(entry(Bytes::default().u64(2), 0x40), 1 << 40).0;
+    c.request(REGION_WRITE_MULTI, &two, &[]).err(libc::EINVAL);
+    assert!(
+        s.fake.bar_writes.lock().unwrap().is_empty(),
+        "an entry was applied before a bad one was found"
+    );
+    c.request(REGION_WRITE_MULTI, &one, &[]).ok();
+    assert_eq!(s.fake.bar_writes.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn dma_map_refuses_descriptors_that_are_not_memory_and_sparse_giants() {
+    let s = Setup::new();
+    let mut c = Client::connect_negotiated(&s.path);
+    let rw = vb::VFIO_DMA_MAP_FLAG_READ | vb::VFIO_DMA_MAP_FLAG_WRITE;
+    // A pipe (a hostile client's way to stall a fault) is not memory.
+    let mut p = [0i32; 2];
+    // SAFETY: pipe fills two descriptors we then own.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    c.dma_map(0x10_0000, 0x1000, 0, rw, Some(p[0]))
+        .err(libc::EINVAL);
+    // SAFETY: closing the pipe we created.
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+    }
+    // A device (mappable, but not memory anyone shares with us), and a file on a file system
+    // that is not tmpfs, hugetlbfs or a local disk (sysfs here; FUSE or NFS in an attack).
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    c.dma_map(0x10_0000, 0x1000, 0, rw, Some(zero.as_raw_fd()))
+        .err(libc::EINVAL);
+    let sysfs = std::fs::File::open("/sys/kernel/mm/transparent_hugepage/enabled").unwrap();
+    c.dma_map(0x10_0000, 0x1000, 0, rw, Some(sysfs.as_raw_fd()))
+        .err(libc::EINVAL);
+    // A sparse 1 TiB memfd costs the client nothing: mapping all of it is refused, and so is
+    // reaching the limit with several smaller maps.
+    let huge = memfd(0);
+    // SAFETY: resizing a memfd we own.
+    assert_eq!(unsafe { libc::ftruncate(huge.as_raw_fd(), 1 << 40) }, 0);
+    c.dma_map(0x1_0000_0000, 1 << 40, 0, rw, Some(huge.as_raw_fd()))
+        .err(libc::ENOSPC);
+    for i in 0..2u64 {
+        c.dma_map(
+            (i + 1) << 40,
+            128 << 30,
+            i * (128 << 30),
+            rw,
+            Some(huge.as_raw_fd()),
+        )
+        .ok();
+    }
+    c.dma_map(3 << 40, 4096, 0, rw, Some(huge.as_raw_fd()))
+        .err(libc::ENOSPC);
+    // Unmapping makes room again.
+    c.dma_unmap(1 << 40, 128 << 30, 0).ok();
+    c.dma_map(3 << 40, 4096, 0, rw, Some(huge.as_raw_fd())).ok();
+    drop(c);
     still_serves(&s);
 }
