@@ -16,7 +16,7 @@
 //! count in a MAC table cannot make it read past the chain.
 
 use super::features::{has, GUEST_OFFLOADS};
-use super::filter::{MacTable, RxFilter};
+use super::filter::{MacTable, RxFilter, MAC_TABLE_ENTRIES};
 use super::mac::MacAddr;
 use epf_device::{ChainReader, QueueError};
 use std::fmt;
@@ -98,13 +98,24 @@ fn read_table(
     let mut n = [0u8; 4];
     read(r, &mut n, len_err)?;
     let n = u32::from_le_bytes(n) as usize;
-    if n.checked_mul(6).is_none_or(|b| b > r.remaining()) {
+    let Some(bytes) = n.checked_mul(6).filter(|&b| b <= r.remaining()) else {
         return Err(len_err);
-    }
-    for _ in 0..n {
+    };
+    // The work is bounded by the table, not by the count the host wrote (aliased descriptors
+    // can make a chain claim gigabytes): entries beyond what the table holds are skipped
+    // unread, and the table overflows (accepts the whole class), as QEMU does.
+    let kept = n.min(MAC_TABLE_ENTRIES);
+    for _ in 0..kept {
         let mut a = [0u8; 6];
         read(r, &mut a, len_err)?;
         t.push(MacAddr(a));
+    }
+    if n > kept {
+        t.set_overflow();
+        let rest = bytes - kept * 6;
+        if r.skip(rest) != rest {
+            return Err(len_err);
+        }
     }
     Ok(())
 }

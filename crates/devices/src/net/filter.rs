@@ -43,6 +43,11 @@ impl MacTable {
         }
     }
 
+    /// Marks the table as holding more addresses than fit: it accepts the whole class.
+    pub fn set_overflow(&mut self) {
+        self.overflow = true;
+    }
+
     /// Whether `a` is matched by the table.
     pub fn matches(&self, a: &MacAddr) -> bool {
         self.overflow || self.addrs[..self.len].contains(a)

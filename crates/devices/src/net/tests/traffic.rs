@@ -343,3 +343,44 @@ fn the_tap_must_exist_and_match() {
         assert_eq!(t.mtu().unwrap(), 1500);
     });
 }
+
+#[test]
+fn a_huge_mac_table_costs_the_table_not_the_count() {
+    in_netns(LIMIT, || {
+        make_tap("tap0", false, 1500);
+        let mut r = NetRig::new(&opts("tap0"), offered(1), 64);
+        let to_host = PacketSocket::open("tap0", ETH_TO_HOST);
+        r.post_rx(0, 8, 2048);
+        let bus = r.bus();
+        // MAC_TABLE_SET whose unicast table claims 141986 entries: 13 descriptors aliasing one
+        // 64 KiB buffer hold them, then an empty multicast table and the ack.
+        let head = bus.alloc(6, 64).unwrap();
+        let mut h = vec![
+            VIRTIO_NET_CTRL_MAC as u8,
+            VIRTIO_NET_CTRL_MAC_TABLE_SET as u8,
+        ];
+        h.extend(((13 * 65532 / 6) as u32).to_le_bytes());
+        bus.ram_write(head, &h).unwrap();
+        let alias = bus.alloc(65536, 64).unwrap();
+        let tail = bus.alloc(5, 64).unwrap();
+        bus.ram_write(tail, &[0, 0, 0, 0, 0xaa]).unwrap();
+        let mut bufs = vec![(head, 6, false)];
+        bufs.extend(std::iter::repeat_n((alias, 65532, false), 13));
+        bufs.push((tail, 4, false));
+        bufs.push((tail + 4, 1, true));
+        let reads = r.c.ram().endpoint_reads();
+        r.ctrl.add(&bufs).unwrap();
+        r.ctrl.kick().unwrap();
+        r.ctrl.wait_used_for(WAIT).expect("control completion");
+        let reads = r.c.ram().endpoint_reads() - reads;
+        assert!(reads < 1000, "{reads} host reads for one MAC table");
+        let mut ack = [0u8];
+        bus.ram_read(tail + 4, &mut ack).unwrap();
+        assert_eq!(ack[0], VIRTIO_NET_OK as u8);
+        // The table overflowed: every unicast address passes now.
+        let foreign = frame([2, 0, 0, 0, 0, 0x99], ETH_TO_HOST, 80, 1);
+        to_host.send(&foreign);
+        assert_eq!(r.recv(0, WAIT).unwrap().1, foreign);
+        assert!(!r.needs_reset());
+    });
+}
