@@ -162,6 +162,40 @@ pub struct BlkDevice {
     stats: Arc<BlkStats>,
     /// Queues with requests left over when their budget ran out (bit per queue).
     pending: u64,
+    /// Heads each queue has with the engine.
+    in_flight: Vec<InFlight>,
+}
+
+/// The heads of one queue that the engine holds: at most one request per head (a head made
+/// available again while the device owns it is a driver bug), so at most the queue size.
+#[derive(Debug, Default, Clone)]
+struct InFlight {
+    heads: Vec<u64>,
+    count: usize,
+}
+
+impl InFlight {
+    /// Marks `head` in flight; false if it already was.
+    fn insert(&mut self, head: u16) -> bool {
+        let (w, b) = (usize::from(head) / 64, head % 64);
+        if self.heads.len() <= w {
+            self.heads.resize(w + 1, 0);
+        }
+        if self.heads[w] & (1 << b) != 0 {
+            return false;
+        }
+        self.heads[w] |= 1 << b;
+        self.count += 1;
+        true
+    }
+
+    fn remove(&mut self, head: u16) {
+        let (w, b) = (usize::from(head) / 64, head % 64);
+        if let Some(word) = self.heads.get_mut(w).filter(|x| **x & (1 << b) != 0) {
+            *word &= !(1 << b);
+            self.count -= 1;
+        }
+    }
 }
 
 impl BlkDevice {
@@ -211,6 +245,7 @@ impl BlkDevice {
             limits,
             stats: Arc::new(BlkStats::default()),
             pending: 0,
+            in_flight: vec![InFlight::default(); usize::from(opts.num_queues)],
         })
     }
 
@@ -236,6 +271,9 @@ impl BlkDevice {
             self.stats.completed.fetch_add(1, Ordering::Relaxed);
             self.stats.count(c.kind, c.status, c.bytes);
             let q = usize::from(c.queue);
+            if let Some(f) = self.in_flight.get_mut(q) {
+                f.remove(c.head);
+            }
             if let Some(queue) = ctx.try_queue(q) {
                 queue
                     .add_used(c.head, c.used_len)
@@ -256,8 +294,16 @@ impl BlkDevice {
         let budget = QUEUE_BUDGET * usize::from(self.params.queue_size);
         let mut taken = 0usize;
         let queue = ctx.queue(q)?;
+        let cap = usize::from(self.params.queue_size);
+        let in_flight = self
+            .in_flight
+            .get_mut(q)
+            .ok_or_else(|| DeviceError::Protocol(format!("queue {q}")))?;
         loop {
-            while taken < budget && queue.pop(&mut self.chain).map_err(DeviceError::queue(q))? {
+            while taken < budget
+                && in_flight.count < cap
+                && queue.pop(&mut self.chain).map_err(DeviceError::queue(q))?
+            {
                 taken += 1;
                 let parsed = request::parse(&self.chain, qi, &mem, &self.limits)
                     .map_err(DeviceError::queue(q))?;
@@ -269,6 +315,12 @@ impl BlkDevice {
                         )));
                     }
                     Ok(Parsed::Submit(req)) => {
+                        if !in_flight.insert(req.head) {
+                            return Err(DeviceError::Protocol(format!(
+                                "queue {q}: head {} made available again while in flight",
+                                req.head
+                            )));
+                        }
                         self.stats.submitted.fetch_add(1, Ordering::Relaxed);
                         self.engine.submit(req);
                     }
@@ -297,6 +349,11 @@ impl BlkDevice {
                 ctx.waker().wake();
                 return Ok(());
             }
+            if in_flight.count >= cap {
+                // Every head is with the engine: go on when completions wake us.
+                self.pending |= 1 << q;
+                return Ok(());
+            }
             if !queue.enable_notification().map_err(DeviceError::queue(q))? {
                 return Ok(());
             }
@@ -311,6 +368,9 @@ impl BlkDevice {
         self.stats.completed.fetch_add(n, Ordering::Relaxed);
         self.completions.clear();
         self.pending = 0;
+        self.in_flight
+            .iter_mut()
+            .for_each(|f| *f = InFlight::default());
     }
 }
 
@@ -372,9 +432,11 @@ impl VirtioDevice for BlkDevice {
 
     fn wake(&mut self, ctx: &mut DeviceContext<'_>) -> Result<(), DeviceError> {
         self.complete(ctx)?;
-        while self.pending != 0 {
-            let q = self.pending.trailing_zeros() as usize;
-            self.pending &= !(1 << q);
+        // Queues that yield again are served on a later wake-up, not in this loop.
+        let mut todo = std::mem::take(&mut self.pending);
+        while todo != 0 {
+            let q = todo.trailing_zeros() as usize;
+            todo &= !(1 << q);
             if ctx.try_queue(q).is_some() {
                 self.process_queue(q, ctx)?;
             }

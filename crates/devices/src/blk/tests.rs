@@ -576,3 +576,13 @@ fn bad_options_are_one_line_errors() {
     assert!(BlkDevice::open(&o).is_err());
     std::fs::remove_file(&p).unwrap();
 }
+
+#[test]
+fn a_head_made_available_again_while_in_flight_needs_a_reset() {
+    let mut r = Rig::new(EngineKind::Threads, 64 * 1024, ALL, |_| {});
+    let c = r.request(VIRTIO_BLK_T_IN, 0, &[], &[512]);
+    // The driver publishes the same head twice in one go: the second is still with the
+    // engine when the device sees it.
+    r.ring.push_avail(c.head);
+    assert!(matches!(r.notify(), Err(DeviceError::Protocol(_))));
+}
