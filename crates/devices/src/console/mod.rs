@@ -30,6 +30,11 @@ pub struct ConsoleDevice {
     inp: Arc<Pipe>,
     waker: Arc<WakerSlot>,
     chain: DescriptorChain,
+    /// The transmit chain being copied out, and how many bytes of it are in the pipe: a chain
+    /// larger than the pipe's room moves in pieces as the backend drains the pipe, so the
+    /// device never buffers more than `pipe_bytes` per direction, whatever the host posts.
+    tx_chain: DescriptorChain,
+    tx_done: Option<usize>,
     to_backend: AtomicU64,
     to_host: AtomicU64,
 }
@@ -49,6 +54,8 @@ impl ConsoleDevice {
             inp,
             waker,
             chain: DescriptorChain::default(),
+            tx_chain: DescriptorChain::default(),
+            tx_done: None,
             to_backend: AtomicU64::new(0),
             to_host: AtomicU64::new(0),
         })
@@ -61,26 +68,39 @@ impl ConsoleDevice {
             return Ok(());
         };
         let mut buf = [0u8; 4096];
-        while q.pop(&mut self.chain).map_err(DeviceError::queue(TX))? {
-            let len = self.chain.readable_len() as usize;
-            // An empty pipe takes any chain, so a chain larger than the bound still moves.
-            if len > self.out.room() && !self.out.is_empty() {
-                q.undo_pop();
-                break;
-            }
-            let mut r = self.chain.reader(mem.as_ref());
-            loop {
-                let n = r.read(&mut buf).map_err(DeviceError::queue(TX))?;
-                if n == 0 {
-                    break;
+        loop {
+            if let Some(done) = self.tx_done {
+                let mut r = self.tx_chain.reader(mem.as_ref());
+                r.skip(done);
+                let mut moved = 0;
+                loop {
+                    let room = self.out.room().min(buf.len());
+                    if room == 0 {
+                        break;
+                    }
+                    let n = r.read(&mut buf[..room]).map_err(DeviceError::queue(TX))?;
+                    if n == 0 {
+                        break;
+                    }
+                    self.out.push(&buf[..n]);
+                    moved += n;
                 }
-                self.out.push(&buf[..n]);
+                self.to_backend.fetch_add(moved as u64, Ordering::Relaxed);
+                if r.remaining() > 0 {
+                    // The backend's next drain wakes us to go on.
+                    self.tx_done = Some(done + moved);
+                    return Ok(());
+                }
+                self.tx_done = None;
+                q.add_used(self.tx_chain.head(), 0)
+                    .map_err(DeviceError::queue(TX))?;
             }
-            q.add_used(self.chain.head(), 0)
-                .map_err(DeviceError::queue(TX))?;
-            self.to_backend.fetch_add(len as u64, Ordering::Relaxed);
+            if !q.pop(&mut self.chain).map_err(DeviceError::queue(TX))? {
+                return Ok(());
+            }
+            std::mem::swap(&mut self.chain, &mut self.tx_chain);
+            self.tx_done = Some(0);
         }
-        Ok(())
     }
 
     /// Backend input: fill receive chains while there is input.
@@ -148,7 +168,9 @@ impl VirtioDevice for ConsoleDevice {
         self.receive(ctx)
     }
 
-    fn reset(&mut self) {}
+    fn reset(&mut self) {
+        self.tx_done = None;
+    }
 
     fn stats(&self) -> String {
         format!(
