@@ -11,7 +11,13 @@
 //! fault anywhere else is handed to the handler that was installed before ours (Rust's
 //! stack-overflow reporter) or to the default action, so genuine bugs still crash loudly.
 //!
-//! The handler only does atomic loads and stores and one `mmap` system call.
+//! Only faults the kernel raised for an address inside a guarded mapping (`si_code`
+//! `BUS_ADRERR`, the code of an access past the end of a file) are recovered, and only by
+//! replacing pages that lie wholly inside that mapping. A SIGBUS sent by a process
+//! (`kill`, `raise`) or for another reason takes the path it would have taken without us.
+//!
+//! The handler only does atomic loads and stores and one `mmap` system call, and keeps
+//! `errno` as it found it.
 //!
 //! [`HostMemError::Lost`]: crate::HostMemError::Lost
 
@@ -44,6 +50,9 @@ static TABLE: [Slot; CAPACITY] = [EMPTY; CAPACITY];
 
 /// The SIGBUS action that was in place before ours (set once, before ours is installed).
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+/// Our own action, to put back if the previous handler replaced it for a signal that was
+/// not a fault (Rust's handler resets SIGBUS to the default before it returns).
+static OURS: OnceLock<libc::sigaction> = OnceLock::new();
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 
 /// A registered mapping; unregisters when dropped (drop it before unmapping the range).
@@ -115,6 +124,7 @@ fn install() -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
         }
         let _ = PREVIOUS.set(old);
+        let _ = OURS.set(new);
         // SAFETY: installs `new`, whose handler only touches atomics and calls mmap.
         if unsafe { libc::sigaction(libc::SIGBUS, &new, std::ptr::null_mut()) } != 0 {
             return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
@@ -122,6 +132,17 @@ fn install() -> std::io::Result<()> {
         Ok(())
     });
     r.map_err(std::io::Error::from_raw_os_error)
+}
+
+/// The candidate replacements for the page holding `addr` in the mapping
+/// `[start, end)`: a base page, then a 2 MiB and a 1 GiB huge page (hugetlbfs mappings only
+/// accept replacements of their own page size), each only if it lies wholly inside the
+/// mapping, so that nothing outside it is ever touched.
+fn replacements(addr: usize, start: usize, end: usize, page: usize) -> [Option<(usize, usize)>; 3] {
+    [page, 2 << 20, 1 << 30].map(|size| {
+        let base = addr & !(size - 1);
+        (base >= start && base.checked_add(size).is_some_and(|e| e <= end)).then_some((base, size))
+    })
 }
 
 fn find(addr: usize) -> Option<&'static Slot> {
@@ -132,12 +153,14 @@ fn find(addr: usize) -> Option<&'static Slot> {
     })
 }
 
-/// Maps a private zero page (or huge page) over the one containing `addr`.
-fn replace_page(addr: usize) -> bool {
+/// Maps a private zero page (or huge page) over the one containing `addr` in `slot`.
+fn replace_page(addr: usize, slot: &Slot) -> bool {
     let page = PAGE.load(Ordering::Relaxed);
-    // A hugetlbfs mapping only accepts replacements of its own page size.
-    for size in [page, 2 << 20, 1 << 30] {
-        let base = addr & !(size - 1);
+    let (start, end) = (
+        slot.start.load(Ordering::Relaxed),
+        slot.end.load(Ordering::Relaxed),
+    );
+    for (base, size) in replacements(addr, start, end, page).into_iter().flatten() {
         // SAFETY: replaces pages inside a registered mapping we own (MAP_FIXED over our own
         // range); the memory there belonged to a file the host truncated.
         let p = unsafe {
@@ -157,15 +180,35 @@ fn replace_page(addr: usize) -> bool {
     false
 }
 
+/// `si_code` of an access past the end of a mapped file (asm-generic/siginfo.h).
+const BUS_ADRERR: libc::c_int = 2;
+
 extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let addr = unsafe { (*info).si_addr() } as usize;
-    if let Some(slot) = find(addr) {
-        if replace_page(addr) {
-            slot.lost.store(true, Ordering::Release);
-            return;
-        }
+    // SAFETY: __errno_location returns this thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler; si_addr is only
+    // meaningful for kernel-generated faults, which si_code tells.
+    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    let recovered = code == BUS_ADRERR
+        && find(addr).is_some_and(|slot| {
+            let ok = replace_page(addr, slot);
+            if ok {
+                slot.lost.store(true, Ordering::Release);
+            }
+            ok
+        });
+    if !recovered {
+        not_ours(sig, info, ctx);
     }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// A SIGBUS we do not recover from: the action installed before ours decides, so that the
+/// process behaves as it would without the guard (which stays installed if it survives).
+fn not_ours(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: as in `on_sigbus`.
+    let kernel_fault = unsafe { (*info).si_code } > 0;
     // Not ours (or not recoverable): whoever handled SIGBUS before us decides.
     match PREVIOUS.get() {
         Some(prev) if prev.sa_sigaction != libc::SIG_DFL && prev.sa_sigaction != libc::SIG_IGN => {
@@ -180,15 +223,50 @@ extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
                     unsafe { std::mem::transmute(prev.sa_sigaction) };
                 f(sig);
             }
+            // A fault re-runs on return and meets whatever the previous handler left; a sent
+            // signal is over, and the guard must stay.
+            if let (false, Some(ours)) = (kernel_fault, OURS.get()) {
+                // SAFETY: reinstalling the action `install` built.
+                unsafe { libc::sigaction(libc::SIGBUS, ours, std::ptr::null_mut()) };
+            }
         }
+        // A signal someone sent while SIGBUS was ignored: ignore it, keep guarding.
+        Some(prev) if prev.sa_sigaction == libc::SIG_IGN && !kernel_fault => {}
         _ => {
-            // Default action: restore it; returning re-runs the faulting access, which then
-            // terminates the process as it would have without us.
+            // Default action: restore it. A fault re-runs on return and terminates the process
+            // as it would have without us; a sent signal is raised again (it stays blocked
+            // until we return) to the same end.
             // SAFETY: a zeroed sigaction is SIG_DFL with no flags.
             let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
             dfl.sa_sigaction = libc::SIG_DFL;
-            // SAFETY: installing the default action.
-            unsafe { libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut()) };
+            // SAFETY: installing the default action, then raising the signal at ourselves.
+            unsafe {
+                libc::sigaction(libc::SIGBUS, &dfl, std::ptr::null_mut());
+                if !kernel_fault {
+                    libc::raise(sig);
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replacements_never_leave_the_guarded_mapping() {
+        let page = 4096;
+        let huge = 2 << 20;
+        // Two base pages just inside a 2 MiB boundary: only a base page may be replaced.
+        let (start, end) = (huge + page, huge + 3 * page);
+        let r = replacements(start + 10, start, end, page);
+        assert_eq!(r, [Some((start, page)), None, None]);
+        // A whole 2 MiB huge page: both the base page and the huge page fit.
+        let r = replacements(huge + 5 * page + 1, huge, 2 * huge, page);
+        assert_eq!(r, [Some((huge + 5 * page, page)), Some((huge, huge)), None]);
+        // The end of the address space cannot wrap.
+        let top = usize::MAX & !(page - 1);
+        assert_eq!(replacements(top, top, usize::MAX, page), [None, None, None]);
     }
 }

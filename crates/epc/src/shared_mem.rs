@@ -411,4 +411,37 @@ mod tests {
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(out.status.signal(), Some(libc::SIGBUS), "{out:?}");
     }
+
+    #[test]
+    fn the_guard_stays_after_a_sigbus_someone_sends() {
+        const CHILD: &str = "EPF_FAULT_GUARD_RAISE_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let host = SharedMemory::memfd("guarded", 4096).unwrap();
+            // SAFETY: duplicating a descriptor we own.
+            let raw = unsafe { libc::dup(host.raw_fd().unwrap()) };
+            // SAFETY: `raw` is a fresh descriptor we own.
+            let _guarded =
+                SharedMemory::map_foreign(unsafe { OwnedFd::from_raw_fd(raw) }, 0, 4096, true)
+                    .unwrap();
+            // SAFETY: raising a signal at ourselves. Rust's own SIGBUS handler (installed
+            // before ours) takes it and returns, as it would without the guard.
+            unsafe { libc::raise(libc::SIGBUS) };
+            // The guard must still be there: the host now truncates its file.
+            // SAFETY: ftruncate on a descriptor we own.
+            assert_eq!(unsafe { libc::ftruncate(host.raw_fd().unwrap(), 0) }, 0);
+            // SAFETY: a byte of the live guarded mapping (whose file is gone: this faults).
+            let _ = unsafe { std::ptr::read_volatile(_guarded.ptr_at(0, 1).unwrap()) };
+            std::process::exit(if _guarded.is_lost() { 0 } else { 3 });
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "shared_mem::tests::the_guard_stays_after_a_sigbus_someone_sends",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
 }
