@@ -17,10 +17,23 @@ pub struct Cli {
 
 /// Options every device subcommand takes.
 #[derive(Debug, Args)]
+#[group(id = "link", required = true, multiple = false, args = ["vfio_user", "epf"])]
 pub struct Common {
     /// Path of the vfio-user Unix socket to listen on (created; removed on exit).
     #[arg(long = "vfio-user", value_name = "SOCKET")]
-    pub vfio_user: PathBuf,
+    pub vfio_user: Option<PathBuf>,
+
+    /// Serve through Linux's PCI endpoint subsystem instead: the pci_epf_user function
+    /// NAME (configfs functions/pci_epf_user/NAME, device /dev/epf-user-NAME), bound to a
+    /// controller. Without trapped accesses or vendor capabilities the device uses the
+    /// legacy layout with polled registers unless told otherwise.
+    #[arg(long, value_name = "NAME")]
+    pub epf: Option<String>,
+
+    /// With --epf: host-memory accesses of at least this many bytes use the controller's
+    /// DMA engine (smaller ones go through an outbound window).
+    #[arg(long, value_name = "BYTES", default_value_t = 256, requires = "epf")]
+    pub dma_threshold: usize,
 
     /// Also write the counters to this file about once a second (replaced atomically).
     #[arg(long, value_name = "PATH")]

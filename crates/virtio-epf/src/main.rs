@@ -13,8 +13,9 @@ use epf_devices::blk::BlkDevice;
 use epf_devices::console::{Backend, DEFAULT_PIPE_BYTES};
 use epf_devices::{ConsoleDevice, RngDevice};
 use epf_epc::{EndpointController, OutboundWindows, WindowLimited};
+use epf_linux_epf::{EpfController, EpfOptions, LinuxEpfController};
 use epf_vfio_user::VfioUserController;
-use epf_virtio_pci::VirtioPciFunction;
+use epf_virtio_pci::{FunctionOptions, Layout, NotifyMode, RegisterAccess, VirtioPciFunction};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::path::Path;
@@ -63,12 +64,34 @@ fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
     })
 }
 
+/// The controller a function is served on.
+#[derive(Clone)]
+enum Link {
+    VfioUser(Arc<VfioUserController>),
+    Epf(EpfController),
+}
+
+impl Link {
+    fn stats(&self) -> String {
+        match self {
+            Link::VfioUser(c) => vfio_user_stats(c),
+            Link::Epf(c) => c.0.stats_text(),
+        }
+    }
+}
+
 /// Operator view: the function's counters plus the link's.
-fn stats_text(f: &VirtioPciFunction, c: &VfioUserController) -> String {
+fn stats_text(f: &VirtioPciFunction, link: &Link) -> String {
+    f.stats().summary()
+        + &link.stats()
+        + &endpoint_stats(f)
+        + &DEVICE_STATS.get().map(|f| f() + "\n").unwrap_or_default()
+}
+
+fn vfio_user_stats(c: &VfioUserController) -> String {
     let s = c.stats();
     format!(
-        "{}link: clients={} trapped_reads={} trapped_writes={} doorbells={} dma_maps={} dma_unmaps={} irqs={} protocol_errors={}\n",
-        f.stats().summary(),
+        "link: clients={} trapped_reads={} trapped_writes={} doorbells={} dma_maps={} dma_unmaps={} irqs={} protocol_errors={}\n",
         s.clients,
         s.trapped_reads,
         s.trapped_writes,
@@ -77,8 +100,7 @@ fn stats_text(f: &VirtioPciFunction, c: &VfioUserController) -> String {
         s.dma_unmaps,
         s.irqs_raised,
         s.protocol_errors
-    ) + &endpoint_stats(f)
-        + &DEVICE_STATS.get().map(|f| f() + "\n").unwrap_or_default()
+    )
 }
 
 /// The outbound windows, when `--host-windows` limits them.
@@ -117,7 +139,13 @@ fn write_stats_file(path: &Path, text: &str) {
 
 fn run(cli: Cli) -> Result<(), String> {
     let common = cli.device.common();
-    let socket = common.vfio_user.clone();
+    if let Some(name) = &common.epf {
+        return run_epf(&cli, name);
+    }
+    let socket = common
+        .vfio_user
+        .clone()
+        .ok_or("one of --vfio-user or --epf is required")?;
     // Check the socket location before starting anything else, for a clear error.
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
@@ -155,31 +183,14 @@ fn run(cli: Cli) -> Result<(), String> {
     );
 
     let done = Arc::new(AtomicBool::new(false));
-    if let Some(path) = common.stats_file.clone() {
-        let (f, c, done) = (function.clone(), controller.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("stats".into())
-            .spawn(move || {
-                while !done.load(Ordering::Acquire) {
-                    write_stats_file(&path, &stats_text(&f, &c));
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                write_stats_file(&path, &stats_text(&f, &c));
-            })
-            .map_err(|e| format!("cannot start the stats thread: {e}"))?;
-    }
+    spawn_stats_file(
+        common,
+        &function,
+        &Link::VfioUser(controller.clone()),
+        &done,
+    )?;
 
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    for sig in signals.forever() {
-        match sig {
-            SIGUSR1 => eprint!("{}", stats_text(&function, &controller)),
-            _ => {
-                log::info!("signal {sig}: shutting down");
-                break;
-            }
-        }
-    }
+    serve_until_signalled(&function, &Link::VfioUser(controller.clone()))?;
     done.store(true, Ordering::Release);
     controller.shutdown();
     match server.join() {
@@ -189,7 +200,91 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     function.stop();
     if let Some(path) = &common.stats_file {
-        write_stats_file(path, &stats_text(&function, &controller));
+        write_stats_file(path, &stats_text(&function, &Link::VfioUser(controller)));
+    }
+    Ok(())
+}
+
+/// Writes the counters to `--stats-file` every 500 ms until `done`.
+fn spawn_stats_file(
+    common: &cli::Common,
+    function: &Arc<VirtioPciFunction>,
+    link: &Link,
+    done: &Arc<AtomicBool>,
+) -> Result<(), String> {
+    let Some(path) = common.stats_file.clone() else {
+        return Ok(());
+    };
+    let (f, l, done) = (function.clone(), link.clone(), done.clone());
+    std::thread::Builder::new()
+        .name("stats".into())
+        .spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                write_stats_file(&path, &stats_text(&f, &l));
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the stats thread: {e}"))
+}
+
+/// Prints the counters on SIGUSR1; returns on SIGINT or SIGTERM.
+fn serve_until_signalled(function: &VirtioPciFunction, link: &Link) -> Result<(), String> {
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    for sig in signals.forever() {
+        match sig {
+            SIGUSR1 => eprint!("{}", stats_text(function, link)),
+            _ => {
+                log::info!("signal {sig}: shutting down");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Serves the device through Linux's PCI endpoint subsystem (`--epf NAME`).
+fn run_epf(cli: &Cli, name: &str) -> Result<(), String> {
+    let common = cli.device.common();
+    let device = build_device(&cli.device)?;
+    let ctl = LinuxEpfController::open(
+        &epf_linux_epf::device_path(name),
+        EpfOptions {
+            dma_threshold: common.dma_threshold,
+            ..EpfOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let epc = EpfController(ctl);
+    let mut options = common.endpoint.function_options();
+    let f = epc.features();
+    if !f.vendor_capabilities && !f.trapped_access && options == FunctionOptions::default() {
+        // What a controller without traps or vendor capabilities can serve.
+        options = FunctionOptions {
+            layout: Layout::Legacy,
+            registers: RegisterAccess::Poll,
+            notify: NotifyMode::Poll,
+            ..options
+        };
+        log::info!(
+            "epf: no trapped accesses, no vendor capabilities: legacy layout, polled registers"
+        );
+    }
+    let function = VirtioPciFunction::start_with(Arc::new(epc.clone()), device, options)
+        .map_err(|e| e.to_string())?;
+    log::info!(
+        "serving virtio device type {} on pci_epf_user function {name}",
+        function.device_type()
+    );
+    let link = Link::Epf(epc);
+    let done = Arc::new(AtomicBool::new(false));
+    spawn_stats_file(common, &function, &link, &done)?;
+    serve_until_signalled(&function, &link)?;
+    done.store(true, Ordering::Release);
+    function.stop();
+    if let Some(path) = &common.stats_file {
+        write_stats_file(path, &stats_text(&function, &link));
     }
     Ok(())
 }
