@@ -351,7 +351,12 @@ impl EndpointController for VfioUserController {
             return Err(EpcError::LinkDown);
         }
         let delivered = match irq {
-            Irq::Msix(v) => func.irqs().raise_msix(v),
+            // The eventfd is written after the lock is released: a slow write (or a hostile
+            // client's descriptor) never holds up SET_IRQS, disconnects or other raisers.
+            Irq::Msix(v) => {
+                let fd = func.irqs().msix_fd(v);
+                fd.map(|fd| crate::irq::signal(&fd))
+            }
             Irq::Intx(level) => {
                 if func.spec.header.interrupt_pin == 0 {
                     return Err(EpcError::Unsupported("INTx without an interrupt pin"));
@@ -364,11 +369,14 @@ impl EndpointController for VfioUserController {
                 r.map(|_| true)
             }
             Irq::Msi(v) => {
-                let irqs = func.irqs();
-                if irqs.count(crate::protocol::MSI_IRQ) == 0 {
-                    return Err(EpcError::Unsupported("MSI without an MSI capability"));
-                }
-                irqs.raise_msi(v)
+                let fd = {
+                    let irqs = func.irqs();
+                    if irqs.count(crate::protocol::MSI_IRQ) == 0 {
+                        return Err(EpcError::Unsupported("MSI without an MSI capability"));
+                    }
+                    irqs.msi_fd(v)
+                };
+                fd.map(|fd| crate::irq::signal(&fd))
             }
         };
         match delivered {

@@ -9,6 +9,7 @@
 
 use crate::protocol::{ERR_IRQ, INTX_IRQ, MSIX_IRQ, MSI_IRQ, REQ_IRQ};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use vfio_bindings::bindings::vfio as vb;
 
 /// What a SET_IRQS command asks for, decoded.
@@ -26,8 +27,21 @@ pub(crate) enum IrqError {
     Invalid,
 }
 
-/// Writes 1 to an eventfd. Errors are logged: the client may have handed us anything.
-fn signal(fd: &OwnedFd) -> bool {
+/// Writes 1 to an eventfd without ever blocking on it. The client shares the file
+/// description with us and may clear O_NONBLOCK on it or drive the counter to its maximum, so
+/// the flag is put back before the write and a full counter (the interrupt is pending anyway)
+/// is not written to. Errors are logged: the client may have handed us anything.
+pub(crate) fn signal(fd: &OwnedFd) -> bool {
+    set_nonblocking(fd);
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one live pollfd, without waiting.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } == 0 {
+        return true;
+    }
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
     let r = unsafe {
@@ -59,17 +73,24 @@ fn set_nonblocking(fd: &OwnedFd) {
     }
 }
 
+/// Whether `fd` is an eventfd (what SET_IRQS must hand us; a pipe or socket could block or
+/// fill up).
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|t| t.as_os_str() == "anon_inode:[eventfd]")
+}
+
 /// The interrupt configuration of the current client.
 #[derive(Debug)]
 pub(crate) struct IrqState {
     intx_pin: bool,
-    intx: Option<OwnedFd>,
+    intx: Option<Arc<OwnedFd>>,
     intx_level: bool,
     intx_masked: bool,
-    msix: Vec<Option<OwnedFd>>,
-    msi: Vec<Option<OwnedFd>>,
-    err: Option<OwnedFd>,
-    req: Option<OwnedFd>,
+    msix: Vec<Option<Arc<OwnedFd>>>,
+    msi: Vec<Option<Arc<OwnedFd>>>,
+    err: Option<Arc<OwnedFd>>,
+    req: Option<Arc<OwnedFd>>,
 }
 
 impl IrqState {
@@ -113,7 +134,7 @@ impl IrqState {
         }
     }
 
-    fn slot(&mut self, index: u32, i: usize) -> Option<&mut Option<OwnedFd>> {
+    fn slot(&mut self, index: u32, i: usize) -> Option<&mut Option<Arc<OwnedFd>>> {
         match index {
             INTX_IRQ if i == 0 => Some(&mut self.intx),
             MSIX_IRQ => self.msix.get_mut(i),
@@ -147,6 +168,10 @@ impl IrqState {
         if !fds.is_empty() && fds.len() != count as usize {
             return Err(IrqError::Invalid);
         }
+        if !fds.iter().all(is_eventfd) {
+            log::warn!("vfio-user: SET_IRQS with a descriptor that is not an eventfd refused");
+            return Err(IrqError::Invalid);
+        }
         if fds.is_empty() {
             for i in start..start + count {
                 if let Some(s) = self.slot(index, i as usize) {
@@ -157,7 +182,7 @@ impl IrqState {
             for (i, fd) in (start..start + count).zip(fds) {
                 set_nonblocking(&fd);
                 if let Some(s) = self.slot(index, i as usize) {
-                    *s = Some(fd);
+                    *s = Some(Arc::new(fd));
                 }
             }
         }
@@ -244,19 +269,25 @@ impl IrqState {
         Some(level && self.intx_deliver())
     }
 
+    /// The eventfd of MSI-X vector `v`, to signal after the state's lock is released.
+    pub fn msix_fd(&self, v: u16) -> Option<Arc<OwnedFd>> {
+        self.msix.get(v as usize)?.clone()
+    }
+
+    /// The eventfd of MSI vector `v`.
+    pub fn msi_fd(&self, v: u16) -> Option<Arc<OwnedFd>> {
+        self.msi.get(v as usize)?.clone()
+    }
+
     /// Signals MSI-X vector `v`: `None` if it has no eventfd.
+    #[cfg(test)]
     pub fn raise_msix(&self, v: u16) -> Option<bool> {
-        self.msix.get(v as usize)?.as_ref().map(signal)
+        self.msix_fd(v).map(|fd| signal(&fd))
     }
 
     /// Whether any MSI-X vector has an eventfd.
     pub fn msix_enabled(&self) -> bool {
         self.msix.iter().any(Option::is_some)
-    }
-
-    /// Signals MSI vector `v`: `None` if it has no eventfd.
-    pub fn raise_msi(&self, v: u16) -> Option<bool> {
-        self.msi.get(v as usize)?.as_ref().map(signal)
     }
 
     /// How many MSI vectors the host enabled: the vectors up to the last one with an eventfd

@@ -5,6 +5,7 @@ mod common;
 
 use common::client::*;
 use common::*;
+use epf_epc::EndpointController;
 use std::os::fd::AsRawFd;
 use vfio_bindings::bindings::vfio as vb;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
@@ -324,6 +325,54 @@ fn dma_map_refuses_descriptors_that_are_not_memory_and_sparse_giants() {
     // Unmapping makes room again.
     c.dma_unmap(1 << 40, 128 << 30, 0).ok();
     c.dma_map(3 << 40, 4096, 0, rw, Some(huge.as_raw_fd())).ok();
+    drop(c);
+    still_serves(&s);
+}
+
+#[test]
+fn interrupt_descriptors_must_be_eventfds_and_never_block_the_endpoint() {
+    let s = Setup::new();
+    let mut c = Client::connect_negotiated(&s.path);
+    let trigger = vb::VFIO_IRQ_SET_DATA_EVENTFD | vb::VFIO_IRQ_SET_ACTION_TRIGGER;
+    let msix = vb::VFIO_PCI_MSIX_IRQ_INDEX;
+    // A pipe could fill up and block a write: refused.
+    let mut p = [0i32; 2];
+    // SAFETY: pipe fills two descriptors we then own.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    c.set_irqs(trigger, msix, 0, 1, &[], &[p[1]])
+        .err(libc::EINVAL);
+    // An eventfd whose counter the client drives to its maximum, and on whose shared file
+    // description it clears O_NONBLOCK after handing it over.
+    // SAFETY: eventfd creates a descriptor we own.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    assert!(efd >= 0);
+    let max: u64 = u64::MAX - 1;
+    // SAFETY: writes 8 bytes from a live u64.
+    assert_eq!(
+        unsafe { libc::write(efd, (&max as *const u64).cast(), 8) },
+        8
+    );
+    c.set_irqs(trigger, msix, 0, 1, &[], &[efd]).ok();
+    // SAFETY: fcntl on our own descriptor.
+    unsafe {
+        let fl = libc::fcntl(efd, libc::F_GETFL);
+        libc::fcntl(efd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+    }
+    let ctl = s.ctl.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ctl.raise_irq(epf_epc::Irq::Msix(0)).is_ok());
+    });
+    let raised = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("raise_irq blocked on the client's eventfd");
+    assert!(raised, "a saturated counter means the interrupt is pending");
+    // SAFETY: closing descriptors we own.
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+        libc::close(efd);
+    }
     drop(c);
     still_serves(&s);
 }
