@@ -8,11 +8,16 @@
 #                                 no CONFIG_PCI_ENDPOINT)
 #           ep/pci-epf-test.ko    the unmodified test endpoint function
 #           ep/sim-epc.ko         our controller driver (kernel/sim-epc)
+#           ep/pci-epf-user.ko    our EPF handing a function to one process
+#                                 (kernel/epf-user, /dev/epf-user-<name>)
+#           ep/epf-user-test      its test tool (kernel/epf-user/tools)
 #   host VM host/pci_endpoint_test.ko  the unmodified host-side test driver
 #           host/pcitest          tools/pci/pcitest.c, built against trixie's libc
-# Load order in the EP VM: insmod pci-ep-core.ko; insmod pci-epf-test.ko;
-# insmod sim-epc.ko [dma=slave|memcpy|none] (configfs must be loaded first:
-# modprobe configfs).
+#           host/epf-user-host.ko, host/epf-user-buf  host side of the
+#                                 pci-epf-user rig test (kernel/epf-user/rig-test.sh)
+# Load order in the EP VM: insmod pci-ep-core.ko; insmod pci-epf-test.ko
+# and/or pci-epf-user.ko; insmod sim-epc.ko [dma=slave|memcpy|none]
+# (configfs must be loaded first: modprobe configfs).
 #
 # Sources are taken from trixie's linux-source-6.12 (the exact source of the
 # guest kernel) at build time and never stored in the repository; the modules
@@ -28,6 +33,13 @@
 # Usage: harness/build-modules.sh [--force]   build if needed, print the output dir
 #        harness/build-modules.sh --tools     print a directory with checkpatch.pl
 #                                             (+ spelling.txt, const_structs.checkpatch)
+#        harness/build-modules.sh --check-api-drift
+#                compile-only check of kernel/epf-user against the newest
+#                linux-headers-*-amd64 of trixie-backports (7.x; installed into
+#                the chroot on first use), W=1, warnings in our code fail; cached
+#                under $CACHE/modules/api-drift-<key> (<key>: those headers'
+#                version, this script, kernel/epf-user); prints the headers'
+#                version. Nothing is run or loaded: no 7.x kernel boots here.
 # Environment: VIRTIO_EPF_CACHE.
 #
 # Timing on the 2-core reference machine (measured): cold about 85 s (apt-get
@@ -54,11 +66,12 @@ case "${1:-}" in
 "") ;;
 --force) FORCE=1 ;;
 --tools) MODE=tools ;;
+--check-api-drift) MODE=drift ;;
 -h | --help)
 	sed -n '2,/^$/s/^# \{0,1\}//p' "$0"
 	exit 0
 	;;
-*) die "unknown argument '$1' (usage: $0 [--force|--tools])" ;;
+*) die "unknown argument '$1' (usage: $0 [--force|--tools|--check-api-drift])" ;;
 esac
 
 [[ $EUID -eq 0 ]] || die "must run as root (chroot and unshare need it)"
@@ -125,6 +138,73 @@ remove_tree() {
 	rm -rf --one-file-system -- "$1"
 }
 
+# ------------------------------------------------------------ API drift
+
+is_installed() {
+	[[ "$(chroot "$CHROOT" /usr/bin/dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+# The 7.x headers package of trixie-backports that linux-headers-amd64
+# points to there, e.g. linux-headers-7.3.4+deb13-amd64.
+drift_headers_pkg() {
+	local v
+	v=$(chroot "$CHROOT" apt-cache -t trixie-backports policy linux-headers-amd64 |
+		awk '/Candidate:/ { print $2 }')
+	[[ -n $v && $v != "(none)" ]] || return 1
+	chroot "$CHROOT" apt-cache depends "linux-headers-amd64=$v" |
+		awk '/Depends: linux-headers-[0-9]/ { print $2; exit }'
+}
+
+# drift_out PKG: the cache directory of the check against installed PKG.
+drift_out() {
+	local ver f
+	ver=$(chroot "$CHROOT" /usr/bin/dpkg-query -W -f='${Version}' "$1")
+	printf '%s/api-drift-%s\n' "$MOD_CACHE" "$({
+		echo "headers=$1 $ver"
+		echo "script=$SELF_SHA"
+		(cd "$KSRC_DIR/epf-user" && find . -maxdepth 1 -type f -print0 | LC_ALL=C sort -z |
+			while IFS= read -r -d '' f; do
+				printf '%s %s\n' "$(sha256sum <"$f" | cut -d' ' -f1)" "$f"
+			done)
+	} | sha256sum | cut -d' ' -f1)"
+}
+
+check_api_drift() {
+	local pkg=$1 ver out tmp kdir
+	if ! is_installed "$pkg"; then
+		log "installing $pkg in the chroot"
+		local inst=(apt-get install -y -q --no-install-recommends -t trixie-backports "$pkg")
+		if ! chroot_run "$CHROOT" -- "${inst[@]}" >>"$BUILD_LOG" 2>&1; then
+			logged chroot_run "$CHROOT" -- apt-get update -q
+			logged chroot_run "$CHROOT" -- "${inst[@]}"
+		fi
+		logged chroot_run "$CHROOT" -- apt-get clean
+		is_installed "$pkg" || die "$pkg is still not installed in the chroot"
+	fi
+	ver=$(chroot "$CHROOT" /usr/bin/dpkg-query -W -f='${Version}' "$pkg")
+	out=$(drift_out "$pkg")
+	if [[ ! -f $out/RESULT ]]; then
+		tmp="$out.tmp"
+		remove_tree "$tmp"
+		mkdir -p "$tmp/epf-user"
+		cp "$KSRC_DIR"/epf-user/{Kbuild,pci-epf-user.c,pci-epf-user.h,compat.h} "$tmp/epf-user/"
+		kdir="/usr/src/$pkg"
+		[[ -d $CHROOT$kdir ]] || die "no $kdir in the chroot"
+		# Compile only: the 7.x endpoint core is not built, so its symbols
+		# stay unresolved (modpost warnings, not errors).
+		logged chroot_run "$CHROOT" --bind "$tmp:$NS_DIR/b" -- \
+			make -C "$kdir" -j"$(nproc)" W=1 KBUILD_MODPOST_WARN=1 M="$NS_DIR/b/epf-user" modules
+		if grep -E '^[^ ]*/epf-user/[^ /]*:[0-9]+:[0-9]+: (warning|error):' "$BUILD_LOG" >&2; then
+			die "compiler warnings in kernel/epf-user against $pkg (see above)"
+		fi
+		[[ -f $tmp/epf-user/pci-epf-user.ko ]] || die "no pci-epf-user.ko built against $pkg"
+		echo "pci-epf-user compiles against $pkg $ver (W=1, no warnings)" >"$tmp/RESULT"
+		remove_tree "$out"
+		mv -T "$tmp" "$out"
+		log "API drift check built in $((SECONDS - T0)) s"
+	fi
+	cat "$out/RESULT"
+}
 # ------------------------------------------------------------------ setup
 
 if ! cache_is_complete; then
@@ -145,6 +225,16 @@ if [[ $MODE == tools && -f "$TOOLS/checkpatch.pl" ]]; then
 	echo "$TOOLS"
 	exit 0
 fi
+# --check-api-drift: answered from the cache without the lock when it can be;
+# otherwise it takes the lock below (it may install into the chroot).
+if [[ $MODE == drift ]]; then
+	DRIFT_PKG=$(drift_headers_pkg) || die "no linux-headers-amd64 in trixie-backports (apt-get update in the chroot?)"
+	[[ -n $DRIFT_PKG ]] || die "cannot tell which headers linux-headers-amd64 of trixie-backports depends on"
+	if is_installed "$DRIFT_PKG" && [[ -f "$(drift_out "$DRIFT_PKG")/RESULT" ]]; then
+		cat "$(drift_out "$DRIFT_PKG")/RESULT"
+		exit 0
+	fi
+fi
 
 mkdir -p "$MOD_CACHE"
 # Exclusive: we install packages into the chroot that guests use as root fs.
@@ -163,9 +253,6 @@ T0=$SECONDS
 # ----------------------------------------------------------- chroot packages
 
 HDR_PKG="linux-headers-$REL"
-is_installed() {
-	[[ "$(chroot "$CHROOT" /usr/bin/dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
-}
 ensure_packages() {
 	local -a missing=() p
 	for p in "$SRC_PKG" "$HDR_PKG" gcc make libc6-dev perl xz-utils; do
@@ -218,6 +305,11 @@ extract_sources() {
 		"${SRC_FILES[@]/#/linux-source-6.12/}"
 }
 
+if [[ $MODE == drift ]]; then
+	check_api_drift "$DRIFT_PKG"
+	exit 0
+fi
+
 # ------------------------------------------------------------------ tools
 
 if [[ $MODE == tools || ! -f "$TOOLS/checkpatch.pl" ]]; then
@@ -245,7 +337,7 @@ log "building modules for $REL in $TMP"
 extract_sources "$TMP"
 S="$TMP/src"
 B="$TMP/build"
-mkdir -p "$B"/{ep-core,epf-test,sim-epc,host,pcitest}
+mkdir -p "$B"/{ep-core,epf-test,sim-epc,host,pcitest,epf-user,epf-user-host,epf-user-tools}
 
 # Endpoint core: four unmodified files + our glue (one module).
 cp "$KSRC_DIR"/ep-core/* "$B/ep-core/"
@@ -259,6 +351,9 @@ cp "$S/drivers/misc/pci_endpoint_test.c" "$B/host/"
 mkdir -p "$B/pcitest/linux"
 cp "$S/include/uapi/linux/pcitest.h" "$B/pcitest/linux/"
 cp "$S/tools/pci/pcitest.c" "$B/pcitest/"
+cp "$KSRC_DIR"/epf-user/{Kbuild,pci-epf-user.c,pci-epf-user.h,compat.h} "$B/epf-user/"
+cp "$KSRC_DIR"/epf-user/host/* "$B/epf-user-host/"
+cp "$KSRC_DIR"/epf-user/tools/*.c "$KSRC_DIR/epf-user/pci-epf-user.h" "$B/epf-user-tools/"
 
 KDIR="/usr/src/$HDR_PKG"
 NB="$NS_DIR/b/build"
@@ -272,18 +367,25 @@ logged chroot_run "$CHROOT" --bind "$TMP:$NS_DIR/b" -- /bin/bash -Eeuo pipefail 
 	mk M=$NB/epf-test KBUILD_EXTRA_SYMBOLS=$NB/ep-core/Module.symvers
 	mk M=$NB/sim-epc KBUILD_EXTRA_SYMBOLS=$NB/ep-core/Module.symvers
 	mk M=$NB/host
+	mk M=$NB/epf-user KBUILD_EXTRA_SYMBOLS=$NB/ep-core/Module.symvers
+	mk M=$NB/epf-user-host
 	gcc -O2 -Wall -I$NB/pcitest -o $NB/pcitest/pcitest $NB/pcitest/pcitest.c
+	for t in epf-user-test epf-user-buf; do
+		gcc -O2 -Wall -Wextra -I$NB/epf-user-tools -o $NB/epf-user-tools/\$t $NB/epf-user-tools/\$t.c
+	done
 	strip --strip-debug $NB/*/*.ko
 "
 # W=1 warnings in our own code (not in the upstream files) fail the build.
-if grep -E '^[^ ]*/(sim-epc/[^ /]*|ep-core/glue\.c|ep-core/ep-core-glue\.h):[0-9]+:[0-9]+: (warning|error):' \
+if grep -E '^[^ ]*/(sim-epc/[^ /]*|ep-core/glue\.c|ep-core/ep-core-glue\.h|epf-user[^ /]*/[^ /]*):[0-9]+:[0-9]+: (warning|error):' \
 	"$BUILD_LOG" >&2; then
 	die "compiler warnings in our code under kernel/ (see above)"
 fi
 
 mkdir -p "$TMP"/{ep,host}
 cp "$B"/ep-core/pci-ep-core.ko "$B"/epf-test/pci-epf-test.ko "$B"/sim-epc/sim-epc.ko "$TMP/ep/"
+cp "$B"/epf-user/pci-epf-user.ko "$B"/epf-user-tools/epf-user-test "$TMP/ep/"
 cp "$B"/host/pci_endpoint_test.ko "$B"/pcitest/pcitest "$TMP/host/"
+cp "$B"/epf-user-host/epf-user-host.ko "$B"/epf-user-tools/epf-user-buf "$TMP/host/"
 for f in "$TMP"/ep/*.ko "$TMP"/host/*.ko; do
 	vm=$(chroot_run "$CHROOT" --bind "$TMP:$NS_DIR/b" -- modinfo -F vermagic "$NS_DIR/b/${f#"$TMP"/}")
 	[[ $vm == "$REL "* ]] || die "${f##*/}: vermagic '$vm' does not match $REL"
