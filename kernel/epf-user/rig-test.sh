@@ -55,9 +55,14 @@ mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
 mkdir $U && ln -s $U $C/ || { echo "FAIL configfs"; exit 1; }
 check "the device node is $DEV" test -c $DEV
 
-mkfifo /tmp/in /tmp/out
-/job/epf-user-test </tmp/in >/tmp/out 2>&1 &
-exec 3>/tmp/in 4</tmp/out
+start_tool() {
+	rm -f /tmp/in /tmp/out
+	mkfifo /tmp/in /tmp/out
+	/job/epf-user-test </tmp/in >/tmp/out 2>&1 &
+	TOOL=$!
+	exec 3>/tmp/in 4</tmp/out
+}
+start_tool
 # t CMD...: one command to the tool; its answer in $R
 t() { echo "$*" >&3; read -r -t 400 R <&4 || R="err no answer"; }
 # tc NAME CMD...: a command that must answer ok
@@ -144,8 +149,23 @@ if [ "$FULL" = 1 ]; then
 	tc "open again after close" open $DEV
 	tc "features after reopen" features
 	tc "close again" close
+	# process death with a BAR mapped: the next process gets the function
+	tc "open for the kill test" open $DEV
+	tc "a BAR for the kill test" bar 0 4096
+	tc "mmap it" mmapbar 0
+	kill -9 $TOOL; wait $TOOL 2>/dev/null
+	start_tool
+	tc "open after the process was killed" open $DEV
+	tc "close after the kill test" close
 	w host-rescanned
+	# unlink while the file is open, with a BAR and a window mapped
+	tc "open for the unlink test" open $DEV
+	tc "a BAR for the unlink test" bar 0 4096
+	tc "mmap it" mmapbar 0
+	tc "a window for the unlink test" map $P 4096
 	rm $C/func1 && check "the device node goes with the unbind" test ! -e $DEV
+	t features; want "the open file is stale after the unbind" "err GET_FEATURES: No such device"
+	tc "close after the unbind (frees the mapped BAR)" close
 	rmdir $U
 	check "rmmod pci_epf_user" rmmod pci_epf_user
 fi
@@ -222,10 +242,10 @@ w ep-dma-done
 tc "the EP's window write arrived" check 0x1e0064 4096 12
 i=0
 for s in 1 4097 65536 786432 16384; do
-	off=$(( 0x101005 + $(echo "0 0x1000 0x4000 0x15000" | cut -d' ' -f$((i + 1))) ))
 	[ -e /shared/none ] && [ $s = 65536 ] && continue
 	[ -e /shared/none ] && [ $s = 786432 ] && continue
 	[ ! -e /shared/none ] && [ $s = 16384 ] && continue
+	off=$(( 0x101005 + $(echo "0 0x1000 0x4000 0x15000" | cut -d' ' -f$((i + 1))) ))
 	tc "the EP's DMA of $s bytes arrived" check $off $s $((40 + i))
 	i=$((i + 1))
 done
