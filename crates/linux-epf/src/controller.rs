@@ -51,7 +51,15 @@ pub struct LinuxEpfController {
     bars: OnceLock<[Option<Arc<SharedMemory>>; BAR_COUNT]>,
     handler: OnceLock<Arc<dyn FunctionHandler>>,
     events: AtomicU64,
+    /// Whether the host enabled MSI-X, as last asked (bit 0), and when (ms since `epoch`,
+    /// above): asking is a register read of the controller, a PCIe round trip on silicon
+    /// and a vfio-user one in the rig, and the polled function asks on every pass.
+    msix: AtomicU64,
+    epoch: std::time::Instant,
 }
+
+/// How long an answer about MSI-X enablement is reused.
+const MSIX_STATE_TTL_MS: u64 = 5;
 
 impl std::fmt::Debug for LinuxEpfController {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +124,8 @@ impl LinuxEpfController {
             bars: OnceLock::new(),
             handler: OnceLock::new(),
             events: AtomicU64::new(0),
+            msix: AtomicU64::new(u64::MAX),
+            epoch: std::time::Instant::now(),
         }))
     }
 
@@ -226,6 +236,8 @@ impl LinuxEpfController {
                 if e.dropped > 0 {
                     log::warn!("epf: {} events were dropped", e.dropped);
                 }
+                // Whatever changed, the next question about MSI-X goes to the controller.
+                me.msix.store(u64::MAX, Ordering::Release);
                 let Some(h) = me.handler.get() else { continue };
                 match e.kind {
                     uapi::EV_LINK_DOWN | uapi::EV_EPC_DEINIT => {
@@ -325,6 +337,14 @@ impl EndpointController for EpfController {
     }
 
     fn msix_enabled(&self) -> bool {
-        self.0.dev.irq_state().is_ok_and(|s| s.msix > 0)
+        let c = &self.0;
+        let now = c.epoch.elapsed().as_millis() as u64;
+        let last = c.msix.load(Ordering::Acquire);
+        if last != u64::MAX && now.saturating_sub(last >> 1) < MSIX_STATE_TTL_MS {
+            return last & 1 != 0;
+        }
+        let on = c.dev.irq_state().is_ok_and(|s| s.msix > 0);
+        c.msix.store((now << 1) | u64::from(on), Ordering::Release);
+        on
     }
 }
