@@ -30,9 +30,11 @@ pub struct ConsoleDevice {
     inp: Arc<Pipe>,
     waker: Arc<WakerSlot>,
     chain: DescriptorChain,
-    /// The transmit chain being copied out, and how many bytes of it are in the pipe: a chain
-    /// larger than the pipe's room moves in pieces as the backend drains the pipe, so the
-    /// device never buffers more than `pipe_bytes` per direction, whatever the host posts.
+    /// The transmit chain being copied out, and how many bytes of it are in the pipe. A chain
+    /// that fits the pipe waits for room and moves whole; a larger one (only a hostile or
+    /// unusual driver posts those) moves in pieces as the backend drains the pipe, so the
+    /// device never buffers more than `pipe_bytes` per direction, whatever the host posts. A
+    /// reset in the middle of such a chain leaves its first pieces with the backend.
     tx_chain: DescriptorChain,
     tx_done: Option<usize>,
     to_backend: AtomicU64,
@@ -96,6 +98,13 @@ impl ConsoleDevice {
                     .map_err(DeviceError::queue(TX))?;
             }
             if !q.pop(&mut self.chain).map_err(DeviceError::queue(TX))? {
+                return Ok(());
+            }
+            let len = self.chain.readable_len() as usize;
+            if len <= self.out.capacity() && len > self.out.room() {
+                // A chain that fits the pipe moves whole, once there is room: a reset never
+                // leaves part of it with the backend.
+                q.undo_pop();
                 return Ok(());
             }
             std::mem::swap(&mut self.chain, &mut self.tx_chain);

@@ -33,6 +33,11 @@ impl Pipe {
     }
 
     /// Bytes that can be pushed without exceeding the bound.
+    /// Most bytes the pipe holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn room(&self) -> usize {
         self.capacity.saturating_sub(self.lock().buf.len())
     }
