@@ -97,30 +97,7 @@ modules_key() {
 	} | sha256sum | cut -d' ' -f1
 }
 
-# The same helper as setup.sh's: CMD chrooted in ROOT, in a private mount
-# namespace (with /proc, /sys, /dev and a tmpfs on $NS_DIR, binds below it)
-# that vanishes with the command.
-chroot_run() {
-	# shellcheck disable=SC2016 # the script is for the inner bash
-	unshare --mount --propagation private -- /bin/bash -Eeuo pipefail -c '
-		ns_dir=$1 root=$2; shift 2
-		mount -t proc proc "$root/proc"
-		mount -t sysfs -o ro sysfs "$root/sys"
-		mount --rbind /dev "$root/dev"
-		mkdir -p "$root$ns_dir"
-		mount -t tmpfs -o mode=0755 tmpfs "$root$ns_dir"
-		while [[ $1 == --bind ]]; do
-			src=${2%%:*} dst=$root${2#*:}
-			mkdir -p "$dst"
-			mount --bind "$src" "$dst"
-			shift 2
-		done
-		[[ $1 == -- ]] && shift
-		exec chroot "$root" /usr/bin/env -i \
-			PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-			HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
-	' chroot_run "$NS_DIR" "$@"
-}
+# chroot_run: see lib.sh.
 
 # logged CMD...: output to $BUILD_LOG; on failure show its end and die.
 logged() {

@@ -83,32 +83,6 @@ remove_tree() {
 	rm -rf --one-file-system -- "$1"
 }
 
-# chroot_run ROOT [--bind SRC:DST]... -- CMD [ARGS...]
-# Runs CMD chrooted in ROOT inside a new private mount namespace with /proc,
-# /sys and /dev mounted and a tmpfs on $NS_DIR (bind targets go under it).
-# All of these mounts vanish with the namespace, even if we are killed:
-# nothing can leak into the host or keep the chroot busy.
-chroot_run() {
-	# shellcheck disable=SC2016 # the script is for the inner bash
-	unshare --mount --propagation private -- /bin/bash -Eeuo pipefail -c '
-		ns_dir=$1 root=$2; shift 2
-		mount -t proc proc "$root/proc"
-		mount -t sysfs -o ro sysfs "$root/sys"
-		mount --rbind /dev "$root/dev"
-		mkdir -p "$root$ns_dir"
-		mount -t tmpfs -o mode=0755 tmpfs "$root$ns_dir"
-		while [[ $1 == --bind ]]; do
-			src=${2%%:*} dst=$root${2#*:}
-			mkdir -p "$dst"
-			mount --bind "$src" "$dst"
-			shift 2
-		done
-		[[ $1 == -- ]] && shift
-		exec chroot "$root" /usr/bin/env -i \
-			PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-			HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
-	' chroot_run "$NS_DIR" "$@"
-}
 
 detect_mirror() {
 	if [[ -n "${VIRTIO_EPF_MIRROR:-}" ]]; then
