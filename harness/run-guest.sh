@@ -25,6 +25,9 @@
 #   --share DIR       a further read-write 9p share, tag "shared", that the guest can mount
 #                     (mount -t 9p -o trans=virtio,version=9p2000.L,cache=none shared /shared);
 #                     two guests given the same DIR can exchange files through it
+#   --nice N          run QEMU at scheduling priority N (nice(1); negative is favoured):
+#                     harness/run-rig.sh gives the EP VM -10, as an endpoint SoC's CPU is
+#                     not shared with its host's work
 #   --allow-reboot    a guest reboot restarts the guest (run.sh runs again; it can tell
 #                     by a marker file it leaves in /job) instead of ending the run
 #   -- ARGS...        appended verbatim to the QEMU command line, e.g.
@@ -116,7 +119,7 @@ inner() {
 	# an ignore: ignored signals would be inherited by QEMU.)
 	trap 'echo "run-guest: terminating QEMU" >>"$RG_QEMU_LOG"' TERM INT HUP
 	local rc=0
-	chroot "$CHROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+	nice -n "${RG_NICE:-0}" chroot "$CHROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
 		"$@" </dev/null >>"$RG_QEMU_LOG" 2>&1 || rc=$?
 
 	while IFS= read -r sd; do
@@ -152,7 +155,7 @@ usage_error() {
 	exit 2
 }
 
-JOB="" SHARE="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot
+JOB="" SHARE="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot NICE=0
 SOCKET_DIRS=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -165,6 +168,7 @@ while [[ $# -gt 0 ]]; do
 	--verbose) VERBOSE=1; shift ;;
 	--quiet) QUIET=1; shift ;;
 	--allow-reboot) REBOOT=""; shift ;;
+	--nice) NICE=${2:?--nice needs a value}; shift 2 ;;
 	--share) SHARE=${2:?--share needs a value}; shift 2 ;;
 	-h | --help) usage ;;
 	--) shift; break ;;
@@ -238,7 +242,8 @@ QEMU_ARGS+=("${EXTRA_QEMU_ARGS[@]}")
 printf '%q ' "${QEMU_ARGS[@]}" >"$JOB/qemu-cmdline"
 echo >>"$JOB/qemu-cmdline"
 
-export RG_JOB="$JOB" RG_QEMU_LOG="$JOB/qemu.log" RG_SHARE="$SHARE"
+[[ $NICE =~ ^-?[0-9]+$ ]] || usage_error "--nice needs an integer"
+export RG_JOB="$JOB" RG_QEMU_LOG="$JOB/qemu.log" RG_SHARE="$SHARE" RG_NICE="$NICE"
 RG_SOCKET_DIRS=$(printf '%s\n' "${SOCKET_DIRS[@]}")
 export RG_SOCKET_DIRS
 

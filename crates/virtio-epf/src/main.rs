@@ -123,8 +123,8 @@ fn endpoint_stats(f: &VirtioPciFunction) -> String {
     if f.options().registers == epf_virtio_pci::RegisterAccess::Poll {
         let p = f.poll_stats();
         out += &format!(
-            "poll: passes={} pfns={} resets={} inferred_resets={} activations={} notifies={} uncertain_vectors={} order_violations={}\n",
-            p.passes, p.pfns, p.resets, p.inferred_resets, p.activations, p.notifies, p.uncertain_vectors, p.order_violations
+            "poll: passes={} pfns={} resets={} inferred_resets={} activations={} notifies={} uncertain_vectors={} order_violations={} restarts={}\n",
+            p.passes, p.pfns, p.resets, p.inferred_resets, p.activations, p.notifies, p.uncertain_vectors, p.order_violations, p.restarts
         );
     }
     out

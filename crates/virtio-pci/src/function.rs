@@ -406,7 +406,8 @@ impl VirtioPciFunction {
         // up: track them regardless of our own view of the host's MSI-X state, which (vectors
         // wired by the link) can lag behind the driver's register writes. Device
         // configuration moves from 0x14 to 0x18 when MSI-X comes on; the driver reads it at
-        // 0x14 before (e.g. virtio_net's MAC in probe), so its place follows that view.
+        // 0x14 before (e.g. virtio_net's MAC in probe), so its place follows the page's own
+        // evidence (LegacyPollEngine::msix_in_use), not that view.
         let vectors = self.options.irq == IrqMode::Msix;
         // The poller's reaction time is the timing bound of this mode (docs/design.md): ask
         // the scheduler not to preempt it for ordinary work (needs CAP_SYS_NICE; without it
@@ -428,14 +429,17 @@ impl VirtioPciFunction {
             realtime.set(engine.probing() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT);
             let r = {
                 let mut regs = self.shared.regs();
-                engine
-                    .sync_config(
-                        &page,
-                        vectors && self.shared.epc.msix_enabled(),
-                        self.shared.config.generation(),
-                        || self.config_bytes(),
-                    )
-                    .and_then(|()| engine.poll(&page, &mut regs, vectors))
+                // After the pass: a PFN it consumed moves the configuration to 0x18 at once.
+                engine.poll(&page, &mut regs, vectors).and_then(|pass| {
+                    engine
+                        .sync_config(
+                            &page,
+                            vectors && engine.msix_in_use(),
+                            self.shared.config.generation(),
+                            || self.config_bytes(),
+                        )
+                        .map(|()| pass)
+                })
             };
             let pass = match r {
                 Ok(p) => p,

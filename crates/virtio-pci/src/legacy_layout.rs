@@ -75,7 +75,9 @@ impl LegacyLayout {
             class_code: class_code(device_type),
             subsystem_vendor_id: VIRTIO_PCI_VENDOR_ID,
             subsystem_id: device_type as u16,
-            interrupt_pin: 1,
+            // Polled registers need MSI-X (the ISR byte cannot clear on read): without a pin,
+            // a host whose MSI-X setup failed gives up instead of binding INTx.
+            interrupt_pin: u8::from(self.registers == RegisterAccess::Trap),
         };
         let kind = match self.registers {
             RegisterAccess::Trap => AreaKind::Trapped,

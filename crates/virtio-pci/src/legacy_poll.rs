@@ -24,18 +24,48 @@
 //!    proves a reset happened even if the 0 itself was never seen.
 //!
 //! Vectors: Linux writes MSI_QUEUE_VECTOR for queue k right after its PFN, then selects queue
-//! k+1. A pass that reads QUEUE_SEL == k+1 (or STATUS with DRIVER_OK), *then* the vector,
-//! *then* QUEUE_PFN == 0 has read queue k's vector for certain (it was written before that
-//! selection, and queue k+1's vector comes only after its PFN, which the pass found absent).
-//! If no such pass happened before queue k+1's PFN appears, the two vectors cannot be told
-//! apart: the engine refuses the setup rather than guess. It leaves that PFN unconsumed, so a
-//! host with more queues fails its own "already active" check; otherwise the device answers
+//! k+1; queue k+1's vector comes only after queue k+1's PFN, which the host can write only
+//! once the engine has consumed queue k's. So a vector read in a pass that then finds
+//! QUEUE_PFN empty, or still holding queue k's unconsumed PFN, is at most queue k's; it is
+//! at least queue k's when either
+//!
+//! * the same pass read QUEUE_SEL == k+1 (or STATUS with DRIVER_OK) first: both are written
+//!   after queue k's vector; or
+//! * it differs from what the register held before queue k's vector write (the previous
+//!   queue's vector, or for queue 0 the value read in the last pass before its PFN) and is
+//!   not NO_VECTOR (Linux writes NO_VECTOR only when it tears queues down): queue k's vector
+//!   write is the only host write to the register in between. This catches the vector in
+//!   the very pass that consumes the PFN when the host wrote both before the engine looked,
+//!   and any time until queue k+1's PFN.
+//!
+//! If neither happened before queue k+1's PFN appears, the two vectors cannot be told apart:
+//! the engine refuses the setup rather than guess. It leaves that PFN unconsumed, so a host
+//! with more queues fails its own "already active" check (and Linux tries its next vector
+//! policy, from queue 0: the engine follows that restart); otherwise the device answers
 //! DRIVER_OK with DEVICE_NEEDS_RESET and stays inactive. Counted as `uncertain_vectors`.
+//!
+//! 4. **Linux's retries.** When a queue setup fails (its check, or a vector refused),
+//!    virtio_pci deletes the queues it set up (vector NO_VECTOR, QUEUE_PFN 0: writes of 0
+//!    over consumed PFNs, invisible in memory), sets the configuration vector to NO_VECTOR,
+//!    and starts again with its next vector policy (per queue, then shared-slow, then one
+//!    shared vector): the configuration vector again, then queue 0, 1, ... Neither QUEUE_SEL
+//!    nor the queue vector tells that restart apart from the old attempt going on, if the
+//!    engine was held up through it. The configuration vector does: Linux writes it only
+//!    where attempts begin and end, and reads it only right after writing it, comparing
+//!    against NO_VECTOR. So from an attempt's first PFN on (MSI-X is on by then: before it
+//!    0x14 may be device configuration) until DRIVER_OK, the engine takes every value the
+//!    host writes there and replaces it with [`ATTEMPT_MARK`] (by compare-and-swap). Any
+//!    value but the mark, read after a PFN in the same pass, is a boundary the host crossed
+//!    before writing that PFN: if queues were consumed, the engine forgets the abandoned
+//!    attempt and takes the PFN as queue 0. Counted as `restarts`. (Without this, the new
+//!    attempt's queue 0 would be taken as the old attempt's next queue, and a ring the host
+//!    had freed attached to the device.)
 //!
 //! Timing bound (stated in docs/design.md and measured by the tests): correct whenever each
 //! PFN write is consumed before the host's next queue check, which Linux performs at least 5
 //! register accesses (plus a ring allocation) later; vectors are certain whenever one poll
-//! pass falls between the host selecting queue k+1 and writing its PFN.
+//! pass falls between the host's write of queue k's vector and its write of queue k+1's PFN
+//! (a ring allocation and, with per-queue vectors, an interrupt request apart).
 
 use crate::legacy_layout::*;
 use crate::registers::{Effect, Registers};
@@ -51,6 +81,9 @@ const DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;
 const FAILED: u8 = VIRTIO_CONFIG_S_FAILED as u8;
 /// QUEUE_NOTIFY value meaning "no notification pending" (written by the endpoint).
 pub const NOTIFY_IDLE: u16 = 0xffff;
+/// What the endpoint writes over MSI_CONFIG_VECTOR while a queue setup attempt is under way
+/// (see the module documentation). Linux writes only 0..nvectors and NO_VECTOR there.
+pub const ATTEMPT_MARK: u16 = 0xfffe;
 
 /// Counters of the polled engine.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +97,8 @@ pub struct PollStats {
     pub notifies: u64,
     pub uncertain_vectors: u64,
     pub order_violations: u64,
+    /// Queue setups Linux started again from queue 0 (its next vector policy).
+    pub restarts: u64,
 }
 
 /// What one pass found for the caller to act on.
@@ -83,7 +118,21 @@ pub struct Pass {
 #[derive(Debug, Default, Clone, Copy)]
 struct VecTrack {
     queue: Option<u16>,
+    /// What the vector register held before this queue's vector write, when known.
+    before: Option<u16>,
     certain: Option<u16>,
+}
+
+impl VecTrack {
+    /// Takes `vec` as the queue's vector if the pass that read it proves it is (see the
+    /// module documentation): `after_write` when the pass read QUEUE_SEL == k+1 or
+    /// DRIVER_OK first. The caller guarantees the pass then found no newer PFN.
+    fn observe(&mut self, vec: u16, after_write: bool) {
+        let changed = self.before.is_some_and(|b| b != vec) && vec != NO_VECTOR;
+        if self.queue.is_some() && (after_write || changed) {
+            self.certain = Some(vec);
+        }
+    }
 }
 
 /// The engine's memory of what it has seen.
@@ -96,9 +145,20 @@ pub struct LegacyPollEngine {
     last_features: u32,
     consumed: u16,
     track: VecTrack,
+    /// The vector register as read by the last pass that found QUEUE_PFN empty (what queue
+    /// 0's vector write will replace), unless the engine itself rewrote it since.
+    vec_before_pfn: Option<u16>,
+    /// The vector assigned to the last queue whose setup is complete.
+    last_vector: Option<u16>,
+    /// The configuration vector of the current attempt, taken when [`ATTEMPT_MARK`]
+    /// replaced it.
+    config_vector: Option<u16>,
     broken: bool,
     /// (msix enabled, generation) of the device configuration copy in the page.
     config_written: Option<(bool, u8)>,
+    /// Whether the driver has set a queue up since the last reset: proof that it enabled
+    /// MSI-X (see [`LegacyPollEngine::msix_in_use`]).
+    queues_set_up: bool,
     pub stats: PollStats,
 }
 
@@ -116,8 +176,12 @@ impl LegacyPollEngine {
             last_features: 0,
             consumed: 0,
             track: VecTrack::default(),
+            vec_before_pfn: None,
+            last_vector: None,
+            config_vector: None,
             broken: false,
             config_written: None,
+            queues_set_up: false,
             stats: PollStats::default(),
         }
     }
@@ -148,6 +212,10 @@ impl LegacyPollEngine {
         let off = config_offset(msix);
         let room = (page.len() as u64 - off) as usize;
         page.write(off, &bytes[..bytes.len().min(room)])?;
+        if !msix {
+            // The copy covers the vector register: what it held is no host write.
+            self.vec_before_pfn = None;
+        }
         self.config_written = Some((msix, gen));
         Ok(())
     }
@@ -155,7 +223,10 @@ impl LegacyPollEngine {
     fn reset(&mut self, regs: &mut Registers, inferred: bool) -> Effect {
         self.consumed = 0;
         self.track = VecTrack::default();
+        self.last_vector = None;
+        self.config_vector = None;
         self.broken = false;
+        self.queues_set_up = false;
         self.last_status = 0;
         self.last_features = 0;
         self.stats.resets += 1;
@@ -174,11 +245,29 @@ impl LegacyPollEngine {
         match self.track.certain {
             Some(v) => {
                 regs.set_queue_msix_vector_at(q, v);
+                self.last_vector = Some(v);
                 self.track = VecTrack::default();
                 true
             }
             None => false,
         }
+    }
+
+    /// Linux abandoned its queue setup and starts again from queue 0 (see the module
+    /// documentation): the queues of the abandoned attempt are forgotten.
+    fn restart(&mut self, regs: &mut Registers) {
+        for q in 0..self.consumed.min(self.num_queues) {
+            regs.set_queue_pfn_at(q, 0);
+            regs.set_queue_msix_vector_at(q, NO_VECTOR);
+        }
+        self.consumed = 0;
+        self.track = VecTrack::default();
+        self.last_vector = None;
+        self.config_vector = None;
+        // Read before the restart: not what queue 0's vector write replaced.
+        self.vec_before_pfn = None;
+        self.broken = false;
+        self.stats.restarts += 1;
     }
 
     /// One pass over the page. `msix` is whether the host enabled MSI-X.
@@ -210,9 +299,13 @@ impl LegacyPollEngine {
 
         // Vector capture for the queue set up last.
         if let Some(q) = self.track.queue {
-            if pfn == 0 && (sel == q.wrapping_add(1) || status & DRIVER_OK != 0) {
-                self.track.certain = Some(vec);
+            if pfn == 0 {
+                self.track
+                    .observe(vec, sel == q.wrapping_add(1) || status & DRIVER_OK != 0);
             }
+        }
+        if pfn == 0 {
+            self.vec_before_pfn = Some(vec);
         }
 
         // Linux writes QUEUE_PFN only with DRIVER set (and not FAILED). A PFN seen with a
@@ -221,6 +314,19 @@ impl LegacyPollEngine {
         // it for the next pass rather than guess.
         let setting_up = status & DRIVER != 0 && status & FAILED == 0;
         let mut pfn_left = pfn != 0;
+        if msix && setting_up && status & DRIVER_OK == 0 && (self.queues_set_up || pfn != 0) {
+            // Attempt boundaries (module documentation): read after the PFN, before it is
+            // consumed.
+            let cfg = page.load_u16(MSI_CONFIG_VECTOR)?;
+            if cfg != ATTEMPT_MARK {
+                if self.consumed > 0 {
+                    self.restart(regs);
+                }
+                if page.compare_exchange_u16(MSI_CONFIG_VECTOR, cfg, ATTEMPT_MARK)? {
+                    self.config_vector = Some(cfg);
+                }
+            }
+        }
         if pfn != 0 && setting_up && !self.broken {
             // The previous queue's setup (PFN, then vector) is complete now; its vector must
             // have been captured, or we cannot tell it from this queue's.
@@ -236,6 +342,7 @@ impl LegacyPollEngine {
             } else if page.compare_exchange_u32(QUEUE_PFN, pfn, 0)? {
                 pfn_left = false;
                 pass.activity = true;
+                self.queues_set_up = true;
                 self.stats.pfns += 1;
                 let k = self.consumed;
                 if (sel != k && sel != k.wrapping_add(1)) || k >= self.num_queues {
@@ -248,12 +355,16 @@ impl LegacyPollEngine {
                     regs.set_queue_pfn_at(k, pfn);
                     self.track = VecTrack {
                         queue: Some(k),
-                        ..VecTrack::default()
+                        before: if k == 0 {
+                            self.vec_before_pfn
+                        } else {
+                            self.last_vector
+                        },
+                        certain: None,
                     };
-                    if status & DRIVER_OK != 0 {
-                        // DRIVER_OK (read first) comes after this queue's vector.
-                        self.track.certain = Some(vec);
-                    }
+                    // Read before this PFN, which was still unconsumed: at most queue k's
+                    // vector. DRIVER_OK (read first) comes after it.
+                    self.track.observe(vec, status & DRIVER_OK != 0);
                 }
                 self.consumed = k.wrapping_add(1);
             }
@@ -275,14 +386,23 @@ impl LegacyPollEngine {
                     return Ok(pass);
                 }
                 if msix {
-                    regs.set_config_msix_vector(page.load_u16(MSI_CONFIG_VECTOR)?);
-                    if !self.finish_vector(regs) {
+                    let cfg = match self.config_vector {
+                        Some(v) => v,
+                        None => page.load_u16(MSI_CONFIG_VECTOR)?,
+                    };
+                    regs.set_config_msix_vector(cfg);
+                    if !self.broken && !self.finish_vector(regs) {
                         self.stats.uncertain_vectors += 1;
                         self.broken = true;
                     }
                 }
                 if self.broken {
-                    // Refuse to run with a setup we could not follow.
+                    // Refuse to run with a setup we could not follow. A PFN left in place to
+                    // fail the host's check has done its work: the host does not look at it
+                    // again, and left there it would read as a reset we never saw.
+                    if pfn_left {
+                        page.compare_exchange_u32(QUEUE_PFN, pfn, 0)?;
+                    }
                     page.store_u8(STATUS, status | VIRTIO_CONFIG_S_NEEDS_RESET as u8)?;
                     regs.set_status(status);
                     self.last_status = status;
@@ -301,6 +421,19 @@ impl LegacyPollEngine {
             pass.notify = Some(n);
         }
         Ok(pass)
+    }
+
+    /// Whether the host's device configuration now sits at 0x18 (MSI-X on) rather than 0x14,
+    /// as far as the page shows: from the first queue set up after a reset until the next
+    /// reset. Linux enables MSI-X before it sets queues up (polled registers refuse INTx, the
+    /// only setup without it) and disables it only after a reset (removal resets the device
+    /// before it frees the vectors), and it reads configuration at 0x14 before its queues
+    /// (virtio_net's MAC, virtio_blk's seg_max) and at 0x18 after them (virtio_blk's block
+    /// size, right after find_vqs). The controller's own MSI-X state is no substitute: on a
+    /// bare endpoint it is one more register read away and may lag by milliseconds, while
+    /// this moves in the same pass as the PFN, within the PFN handshake's timing bound.
+    pub fn msix_in_use(&self) -> bool {
+        self.queues_set_up
     }
 
     /// Whether the engine refused the current setup.
