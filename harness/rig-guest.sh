@@ -22,11 +22,17 @@ check() {
 	fi
 }
 
-# wait_file PATH [SECONDS]: waits until PATH exists (default 240 s); fails otherwise.
+# wait_file PATH [SECONDS]: waits until PATH exists (default 240 s); fails otherwise, and
+# at once if the host VM is done (run-rig.sh creates /shared/host-done): nothing it was
+# to create will come any more.
 wait_file() {
 	local i
 	for ((i = 0; i < ${2:-240} * 10; i++)); do
 		[ -e "$1" ] && return 0
+		if [ "$1" != /shared/host-done ] && [ -e /shared/host-done ]; then
+			echo "rig: the host VM finished without creating $1"
+			return 1
+		fi
 		sleep 0.1
 	done
 	echo "rig: timed out waiting for $1"

@@ -18,6 +18,13 @@
  * loses its controller (epc_deinit, unbind) while mapped, the page tables
  * are zapped (later accesses fault with SIGBUS) and BAR memory is freed
  * only when the last mapping goes away.
+ *
+ * BAR memory outlives the process that asked for it: on release it is
+ * parked with the function, and the next process asking for the same BAR
+ * (size and flags) gets it back zeroed, so a restarted process presents
+ * the same BARs at the same addresses (a host keeps its mappings of them).
+ * Parked memory is freed on unbind or when the BAR is asked for with
+ * another size.
  */
 
 #include <linux/dma-mapping.h>
@@ -73,6 +80,14 @@ struct epfu_region {
 	u64 pci_addr;		/* aligned-down host address at phys */
 };
 
+/* BAR memory kept for the next process (see the top of the file). */
+struct epfu_parked {
+	struct epfu_region *r;
+	struct pci_epf_bar eb;
+	u64 size;		/* as asked: SET_BAR's size and flags */
+	u32 flags;
+};
+
 struct epfu_dma_wait {
 	struct completion done;
 	atomic_t pending;
@@ -103,6 +118,9 @@ struct epfu {
 
 	struct mutex map_lock;		/* bar[], win[], region mmaps */
 	struct epfu_region *bar[PCI_STD_NUM_BARS];
+	u64 bar_size[PCI_STD_NUM_BARS];	/* as asked, for parking */
+	u32 bar_flags[PCI_STD_NUM_BARS];
+	struct epfu_parked parked[PCI_STD_NUM_BARS];	/* under lock */
 	struct epfu_region *win[EPFU_MAX_WINDOWS];
 
 	spinlock_t ev_lock;		/* the event ring */
@@ -361,6 +379,48 @@ static void epfu_free_bars(struct epfu *u)
 		epfu_bar_free(u, i);
 }
 
+static void epfu_unpark(struct epfu *u, unsigned int bar)
+{
+	if (u->parked[bar].r)
+		epfu_region_free(u->parked[bar].r);
+	memset(&u->parked[bar], 0, sizeof(u->parked[bar]));
+}
+
+static void epfu_unpark_all(struct epfu *u)
+{
+	unsigned int i;
+
+	for (i = 0; i < PCI_STD_NUM_BARS; i++)
+		epfu_unpark(u, i);
+}
+
+/*
+ * Keeps the BARs' memory for the next process (the caller tore the EPC
+ * state down: nothing is programmed). Memory still mapped, which a
+ * released file cannot have, is freed as usual. Holds lock.
+ */
+static void epfu_park_bars(struct epfu *u)
+{
+	struct epfu_region *r;
+	unsigned int i;
+
+	for (i = 0; i < PCI_STD_NUM_BARS; i++) {
+		mutex_lock(&u->map_lock);
+		r = u->bar[i];
+		if (r && !r->mmaps && r->cpu && u->epf) {
+			epfu_unpark(u, i);
+			u->parked[i].r = r;
+			u->parked[i].eb = u->epf->bar[i];
+			u->parked[i].size = u->bar_size[i];
+			u->parked[i].flags = u->bar_flags[i];
+			memset(&u->epf->bar[i], 0, sizeof(u->epf->bar[i]));
+			u->bar[i] = NULL;
+		}
+		mutex_unlock(&u->map_lock);
+		epfu_bar_free(u, i);
+	}
+}
+
 /* ------------------------------------------------------------ ioctls */
 
 static int epfu_get_features(struct epfu *u, void __user *argp)
@@ -498,24 +558,35 @@ static int epfu_set_bar(struct epfu *u, void __user *argp)
 		return copy_to_user(argp, &b, sizeof(b)) ? -EFAULT : 0;
 	}
 
-	r = kzalloc(sizeof(*r), GFP_KERNEL);
-	if (!r)
-		return -ENOMEM;
 	eb = &epf->bar[b.bar];
-	memset(eb, 0, sizeof(*eb));
-	cpu = pci_epf_alloc_space(epf, b.size, b.bar, f, PRIMARY_INTERFACE);
-	if (!cpu) {
-		kfree(r);
-		return -ENOMEM;
+	if (u->parked[b.bar].r && u->parked[b.bar].size == b.size &&
+	    u->parked[b.bar].flags == b.flags) {
+		/* what the last process had here, zeroed */
+		r = u->parked[b.bar].r;
+		*eb = u->parked[b.bar].eb;
+		u->parked[b.bar].r = NULL;
+		memset(r->cpu, 0, r->mem_size);
+	} else {
+		epfu_unpark(u, b.bar);
+		r = kzalloc(sizeof(*r), GFP_KERNEL);
+		if (!r)
+			return -ENOMEM;
+		memset(eb, 0, sizeof(*eb));
+		cpu = pci_epf_alloc_space(epf, b.size, b.bar, f,
+					  PRIMARY_INTERFACE);
+		if (!cpu) {
+			kfree(r);
+			return -ENOMEM;
+		}
+		if (is64)
+			eb->flags |= PCI_BASE_ADDRESS_MEM_TYPE_64;
+		if (b.flags & EPF_USER_BAR_PREFETCH)
+			eb->flags |= PCI_BASE_ADDRESS_MEM_PREFETCH;
+		r->dev = get_device(u->epc->dev.parent);
+		r->cpu = cpu;
+		r->dma = eb->phys_addr;
+		r->mem_size = EPFU_BAR_MEM_SIZE(eb);
 	}
-	if (is64)
-		eb->flags |= PCI_BASE_ADDRESS_MEM_TYPE_64;
-	if (b.flags & EPF_USER_BAR_PREFETCH)
-		eb->flags |= PCI_BASE_ADDRESS_MEM_PREFETCH;
-	r->dev = get_device(u->epc->dev.parent);
-	r->cpu = cpu;
-	r->dma = eb->phys_addr;
-	r->mem_size = EPFU_BAR_MEM_SIZE(eb);
 
 	ret = pci_epc_set_bar(u->epc, epf->func_no, epf->vfunc_no, eb);
 	if (ret) {
@@ -526,6 +597,8 @@ static int epfu_set_bar(struct epfu *u, void __user *argp)
 	r->size = eb->size;
 	mutex_lock(&u->map_lock);
 	u->bar[b.bar] = r;
+	u->bar_size[b.bar] = b.size;
+	u->bar_flags[b.bar] = b.flags;
 	mutex_unlock(&u->map_lock);
 
 	b.size = eb->size;
@@ -1208,8 +1281,10 @@ static int epfu_release(struct inode *inode, struct file *file)
 
 	/* no vma holds the file any more: nothing is mapped */
 	mutex_lock(&u->lock);
-	if (uf->gen == u->gen)
+	if (uf->gen == u->gen) {
 		epfu_teardown_epc(u);
+		epfu_park_bars(u);
+	}
 	epfu_free_bars(u);
 	u->mapping = NULL;
 	u->open = false;
@@ -1406,6 +1481,7 @@ static void epfu_unbind(struct pci_epf *epf)
 	}
 	epfu_teardown_epc(u);
 	epfu_free_bars(u);	/* mapped memory goes with its last vma */
+	epfu_unpark_all(u);
 	u->epc = NULL;
 	u->epc_ready = false;
 	mutex_unlock(&u->lock);

@@ -6,42 +6,38 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::Command;
-use support::{repo, rig_with};
+use support::{link_binary, release_binary, repo, rig_with};
 
-/// The virtio-epf binary of this build profile, built if needed (it belongs to another
-/// package of the workspace).
+/// The virtio-epf binary the EP VM runs (release build, as on a board).
 fn virtio_epf() -> PathBuf {
-    let link = PathBuf::from(env!("CARGO_BIN_EXE_epf-link"));
-    let bin = link.with_file_name("virtio-epf");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo())
-        .args(["build", "-q", "-p", "virtio-epf"]);
-    if link.parent().and_then(|d| d.file_name()) == Some("release".as_ref()) {
-        cmd.arg("--release");
-    }
-    let st = cmd.status().expect("cargo build -p virtio-epf");
-    assert!(st.success(), "cannot build virtio-epf");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+    release_binary("virtio-epf", "virtio-epf")
 }
 
 /// EP side: the endpoint core, sim-epc (`dma=$1`), pci-epf-user, a function `$2` linked to
 /// the controller, and `virtio-epf $3... --epf $2` in the background until the host is done.
 const EP_DAEMON: &str = r#"
+# epf_setup DMA NAME: the modules, and the pci_epf_user function NAME linked to the controller.
+epf_setup() {
+    modprobe configfs || return 1
+    insmod /job/pci-ep-core.ko && insmod /job/sim-epc.ko dma=$1 &&
+        insmod /job/pci-epf-user.ko || return 1
+    mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+    local U=/sys/kernel/config/pci_ep/functions/pci_epf_user/$2
+    mkdir $U && ln -s $U $C/
+}
+# epf_run NAME ARGS...: `virtio-epf ARGS... --epf NAME` in the background, as $DAEMON.
+# stdin/stdout are the console's stream when DAEMON_IN/DAEMON_OUT say so.
+epf_run() {
+    local name=$1
+    shift
+    RUST_LOG=${RUST_LOG:-info} /job/virtio-epf "$@" --epf $name --stats-file /job/epf.stats \
+        <"${DAEMON_IN:-/dev/null}" >>"${DAEMON_OUT:-/job/daemon.log}" 2>>/job/daemon.log &
+    DAEMON=$!
+}
 epf_daemon() {
     local dma=$1 name=$2
     shift 2
-    modprobe configfs || return 1
-    insmod /job/pci-ep-core.ko && insmod /job/sim-epc.ko dma=$dma &&
-        insmod /job/pci-epf-user.ko || return 1
-    mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-    local U=/sys/kernel/config/pci_ep/functions/pci_epf_user/$name
-    mkdir $U && ln -s $U $C/ || return 1
-    # stdin/stdout are the console's stream when DAEMON_IN/DAEMON_OUT say so.
-    RUST_LOG=${RUST_LOG:-info} /job/virtio-epf "$@" --epf $name --stats-file /job/epf.stats \
-        <"${DAEMON_IN:-/dev/null}" >"${DAEMON_OUT:-/job/daemon.log}" 2>>/job/daemon.log &
-    DAEMON=$!
+    epf_setup $dma $name && epf_run $name "$@"
 }
 "#;
 
@@ -69,6 +65,15 @@ head -c 8192 /dev/hwrng > /tmp/a; head -c 8192 /dev/hwrng > /tmp/b
 check "8 KiB of entropy" test "$(stat -c %s /tmp/a)" = 8192
 check "two reads differ" sh -c '! cmp -s /tmp/a /tmp/b'
 check "not zeros" sh -c '! cmp -s /tmp/a /dev/zero 2>/dev/null; [ "$(tr -d "\0" < /tmp/a | wc -c)" -gt 4000 ]'
+# Ten rebinds, entropy after each: every probe sets the device up again from a reset.
+D=/sys/bus/pci/drivers/virtio-pci
+n=0
+for i in $(seq 10); do
+    echo 0000:01:00.0 > $D/unbind && echo 0000:01:00.0 > $D/bind || break
+    for j in $(seq 50); do grep -q virtio /sys/class/misc/hw_random/rng_current && break; sleep 0.1; done
+    [ "$(timeout 60 head -c 512 /dev/hwrng | wc -c)" = 512 ] && n=$((n + 1))
+done
+check "entropy after each of 10 rebinds" test $n = 10
 finish
 "#;
     let bin = virtio_epf();
@@ -78,6 +83,16 @@ finish
     eprintln!("daemon counters:\n{stats}");
     // No trapped register access: the registers are plain memory the daemon polls.
     assert_eq!(r.counter("host.memory_accesses"), 0);
+    // The initial probe and ten rebinds, each a reset and an activation.
+    let activations: u64 = stats
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("function: ")?
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("activations=")?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no activations counter in:\n{stats}"));
+    assert!(activations >= 11, "{stats}");
     assert!(r.counter("link.host_forwarded") < 100, "{}", r.stats);
     assert!(
         r.counter("link.dma_bytes") >= 8192,
@@ -146,6 +161,114 @@ finish
     );
 }
 
+/// virtio-blk on the kernel EPF: ext4 with fsck and checksums, fio with crc32c
+/// verification, then a crash: the daemon is killed with SIGKILL while the host writes and
+/// flushes records in a loop, a new daemon serves the same image, the host VM reboots (its
+/// old driver is stuck on the dead device) and finds every record it saw flushed.
+#[test]
+fn virtio_blk_on_the_kernel_epf_keeps_every_flushed_write_across_a_daemon_kill() {
+    let ep = format!(
+        r#"{EP_DAEMON}
+truncate -s 64M /tmp/disk.img
+epf_daemon slave blk0 blk --image /tmp/disk.img --serial EPF-BLK ||
+    {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
+wait_file /shared/flushing 900 || RIG_FAILED=1
+sleep 2
+kill -9 $DAEMON; wait $DAEMON
+echo "daemon killed: status $?"
+epf_run blk0 blk --image /tmp/disk.img --serial EPF-BLK
+sleep 1
+check "the new daemon runs" kill -0 $DAEMON
+signal restarted
+wait_file /shared/host-done 900 || RIG_FAILED=1
+check "the new daemon is still running" kill -0 $DAEMON
+kill -INT $DAEMON; wait $DAEMON
+echo "daemon exit $?"
+grep -E "WARN|ERROR" /job/daemon.log | head -20
+tail -5 /job/daemon.log
+dmesg | grep -iE "dma|epf|sim-epc" | grep -iE "fail|err|refus|time" | head
+ep_end
+"#
+    );
+    let host = r#"
+modprobe virtio_blk; modprobe ext4
+for i in $(seq 100); do ls /sys/bus/pci/devices/0000:01:00.0/virtio*/block 2>/dev/null | grep -q vd && break; sleep 0.1; done
+v=$(ls /sys/bus/pci/devices/0000:01:00.0/virtio*/block | head -1)
+check "a transitional virtio-blk disk" sh -c 'lspci -n -s 01:00.0 | grep -q 1af4:1001'
+check "the disk is 64 MiB" test "$(cat /sys/block/$v/size)" = 131072
+check "its serial" grep -q EPF-BLK /sys/block/$v/serial
+mkdir -p /mnt/t
+if [ ! -e /job/rebooted ]; then
+    mkfs.ext4 -q -F /dev/$v 40M || echo "FAIL mkfs"
+    mount /dev/$v /mnt/t || echo "FAIL mount"
+    for i in $(seq 8); do head -c $(( i * 150000 + 1234 )) /dev/urandom > /mnt/t/file$i; done
+    ( cd /mnt/t && sha256sum file* ) > /shared/sums
+    umount /mnt/t
+    check "fsck.ext4 -fn clean" fsck.ext4 -fn /dev/$v
+    mount /dev/$v /mnt/t
+    check "checksums after remount" sh -c "cd /mnt/t && sha256sum -c --quiet /shared/sums"
+    umount /mnt/t
+    check "fio randwrite 4k crc32c verify" timeout 300 fio --name=r4k --filename=/dev/$v \
+        --offset=40M --size=8M --rw=randwrite --bs=4k --direct=1 --ioengine=libaio \
+        --iodepth=8 --verify=crc32c --verify_fatal=1 --output=/tmp/fio.txt
+    grep -E "IOPS" /tmp/fio.txt | head -2
+    mount /dev/$v /mnt/t || echo "FAIL mount for the crash"
+    (
+        i=0
+        while true; do
+            i=$((i + 1))
+            head -c $(( 4096 + (i % 13) * 9000 )) /dev/urandom > /mnt/t/rec$i
+            sum=$(sha256sum < /mnt/t/rec$i | cut -d' ' -f1)
+            sync -f /mnt/t/rec$i || exit 1
+            # Logged only once the flush completed.
+            echo "$i $sum" >> /shared/flushed.log
+            [ $i = 5 ] && : > /shared/flushing
+        done
+    ) &
+    wait_file /shared/restarted 300
+    sleep 1
+    echo "records logged as flushed: $(wc -l < /shared/flushed.log)"
+    # Whatever happened, the second boot checks what is on the disk (this boot's old
+    # driver is stuck on the killed daemon's device, and so is the writer).
+    touch /job/rebooted
+    cp /job/output.log /job/first-boot.log
+    echo b > /proc/sysrq-trigger
+    sleep 30
+    echo "FAIL the reboot did not happen"
+    finish
+fi
+mount /dev/$v /mnt/t || { echo "FAIL mount after the crash"; finish; }
+n=0; bad=0
+while read i sum; do
+    n=$((n + 1))
+    [ "$(sha256sum < /mnt/t/rec$i 2>/dev/null | cut -d' ' -f1)" = "$sum" ] || { echo "record $i lost"; bad=1; }
+done < /shared/flushed.log
+check "all $n flushed records present and intact" test $bad = 0 -a $n -ge 5
+check "files from before the crash" sh -c "cd /mnt/t && sha256sum -c --quiet /shared/sums"
+umount /mnt/t
+check "fsck.ext4 -fn clean after the crash" fsck.ext4 -fn /dev/$v
+finish
+"#;
+    let bin = virtio_epf();
+    let r = rig_with(
+        "epf-blk",
+        &ep,
+        host,
+        &["--host-opt", "--allow-reboot"],
+        &[&bin],
+    );
+    let stats = std::fs::read_to_string(r.ep_job.join("epf.stats")).unwrap_or_default();
+    eprintln!("daemon counters:\n{stats}");
+    r.assert_ok();
+    assert!(r.host.contains("ok all "), "{}", r.host);
+    assert!(
+        r.host.contains("ok fsck.ext4 -fn clean after the crash"),
+        "{}",
+        r.host
+    );
+    assert_eq!(r.counter("host.memory_accesses"), 0);
+}
+
 /// pci-epf-user's own rig test (kernel/epf-user/rig-test.sh): header, BARs both ways, MSI
 /// and MSI-X counted on the host, events, windows and DMA onto a host buffer, hostile ioctl
 /// arguments, teardown on close, kill and unlink, with eDMA-like channels and with none.
@@ -153,7 +276,7 @@ finish
 fn the_kernel_epf_passes_its_own_rig_test_with_and_without_dma() {
     let out = Command::new(repo().join("kernel/epf-user/rig-test.sh"))
         .args(["--dma", "slave", "--dma", "none", "--link"])
-        .arg(env!("CARGO_BIN_EXE_epf-link"))
+        .arg(link_binary())
         .arg("--work")
         .arg(std::env::temp_dir().join(format!("epf-user-rig-{}", std::process::id())))
         .output()
@@ -164,4 +287,89 @@ fn the_kernel_epf_passes_its_own_rig_test_with_and_without_dma() {
     let oks = text.lines().filter(|l| l.starts_with("ok ")).count();
     assert!(oks >= 100, "only {oks} checks ran:\n{text}");
     assert!(!text.lines().any(|l| l.starts_with("FAIL")), "{text}");
+}
+
+/// virtio-net on the kernel EPF: the endpoint's wire is a TAP inside the EP VM (addressed
+/// 10.77.0.1); the host binds its stock legacy virtio_net, pings it 100 times without loss
+/// and moves 64 MiB each way, compared by SHA-256 at both ends, with no trapped register
+/// access.
+#[test]
+fn virtio_net_on_the_kernel_epf_pings_and_moves_64_mib_each_way() {
+    let xfer = include_str!("../../../harness/xfer.py");
+    let n: u64 = std::env::var("VIRTIO_EPF_RIG_NET_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64 << 20);
+    let dma_threshold =
+        std::env::var("VIRTIO_EPF_RIG_DMA_THRESHOLD").unwrap_or_else(|_| "256".into());
+    let ep = format!(
+        r#"{EP_DAEMON}
+cat > /tmp/xfer.py <<'PY'
+{xfer}
+PY
+modprobe tun
+epf_setup slave net0 && ip tuntap add dev tap0 mode tap vnet_hdr &&
+    ip addr add 10.77.0.1/24 dev tap0 && ip link set tap0 up &&
+    epf_run net0 net --tap tap0 --mac 52:54:00:ab:cd:ef --dma-threshold {dma_threshold} ||
+    {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
+python3 /tmp/xfer.py serve 10.77.0.1 5001 {n} > /tmp/peer.log 2>&1 &
+wait_file /shared/host-done 900 || RIG_FAILED=1
+check "the daemon is still running" kill -0 $DAEMON
+kill -INT $DAEMON; wait $DAEMON
+echo "daemon exit $?"
+cat /tmp/peer.log
+tail -5 /job/daemon.log
+ep_end
+"#
+    );
+    let host = format!(
+        r#"
+cat > /tmp/xfer.py <<'PY'
+{xfer}
+PY
+check "a transitional virtio-net function" sh -c 'lspci -n -s 01:00.0 | grep -q 1af4:1000'
+modprobe virtio_net
+for i in $(seq 100); do
+    IF=$(ls /sys/bus/pci/devices/0000:01:00.0/virtio*/net 2>/dev/null | head -1)
+    [ -n "$IF" ] && break
+    sleep 0.1
+done
+check "a network interface" test -n "$IF"
+check "its MAC" grep -q 52:54:00:ab:cd:ef /sys/class/net/$IF/address
+ip addr add 10.77.0.2/24 dev $IF && ip link set $IF up
+ping -c 3 -W 5 10.77.0.1 > /dev/null
+ping -c 100 -i 0.05 -W 5 10.77.0.1 > /tmp/ping.txt
+tail -2 /tmp/ping.txt
+check "100 pings, none lost" grep -q " 0% packet loss" /tmp/ping.txt
+timeout 600 python3 /tmp/xfer.py connect 10.77.0.1 5001 {n} || echo "FAIL 64 MiB transfers"
+finish
+"#
+    );
+    let bin = virtio_epf();
+    let r = rig_with("epf-net", &ep, &host, &[], &[&bin]);
+    let stats = std::fs::read_to_string(r.ep_job.join("epf.stats")).unwrap_or_default();
+    eprintln!("daemon counters:\n{stats}");
+    r.assert_ok();
+    let sha = |out: &str, prefix: &str| -> String {
+        let l = out
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"));
+        assert!(l.contains(&format!(" bytes={n} ")), "{l}");
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("sha256="))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        sha(&r.host, "guest-sent"),
+        sha(&r.ep, "peer-recv"),
+        "host -> endpoint"
+    );
+    assert_eq!(
+        sha(&r.ep, "peer-sent"),
+        sha(&r.host, "guest-recv"),
+        "endpoint -> host"
+    );
+    assert_eq!(r.counter("host.memory_accesses"), 0);
 }

@@ -28,9 +28,10 @@ const MAX_MSIX: u16 = 64;
 pub struct EpfOptions {
     /// Accesses of at least this many bytes use DMA when the controller has an engine.
     pub dma_threshold: usize,
-    /// Outbound windows kept mapped, and the size of each.
+    /// Outbound windows kept mapped, and the size of each (`None`: derived from the
+    /// controller's outbound address space, see [`auto_window_size`]).
     pub windows: usize,
-    pub window_size: u64,
+    pub window_size: Option<u64>,
 }
 
 impl Default for EpfOptions {
@@ -38,9 +39,27 @@ impl Default for EpfOptions {
         EpfOptions {
             dma_threshold: 256,
             windows: 4,
-            window_size: 64 * 1024,
+            window_size: None,
         }
     }
+}
+
+/// Smallest and largest window [`auto_window_size`] chooses.
+const MIN_AUTO_WINDOW: u64 = 64 * 1024;
+const MAX_AUTO_WINDOW: u64 = 4 * 1024 * 1024;
+
+/// The window size used when none is asked for: half the controller's outbound address space
+/// shared by `windows` windows (the other half stays for the kernel's own mappings, e.g. DMA
+/// through windows), as a power of two between 64 KiB and 4 MiB. Every miss costs a window
+/// reprogramming (an ATU update and an mmap), so windows as large as the space allows keep
+/// a ring and the buffers near it in one window: in the rig, 64 KiB windows were remapped
+/// 5,150 times for 9 MB of network traffic.
+pub fn auto_window_size(space: u64, windows: usize) -> u64 {
+    let share = space / (2 * windows.max(1) as u64);
+    if share < MIN_AUTO_WINDOW {
+        return MIN_AUTO_WINDOW;
+    }
+    (1u64 << (63 - share.leading_zeros())).min(MAX_AUTO_WINDOW)
 }
 
 /// The controller.
@@ -87,11 +106,13 @@ impl LinuxEpfController {
             .map_err(os("reading the controller's features"))?;
         let dma =
             kfeatures.flags & (uapi::FEAT_DMA_TX | uapi::FEAT_DMA_RX | uapi::FEAT_DMA_MEMCPY) != 0;
+        let asked = opts
+            .window_size
+            .unwrap_or_else(|| auto_window_size(kfeatures.window_size, opts.windows));
         let window_size = if kfeatures.window_size > 0 {
-            opts.window_size
-                .min(kfeatures.window_size.next_power_of_two())
+            asked.min(kfeatures.window_size.next_power_of_two())
         } else {
-            opts.window_size
+            asked
         }
         .max(4096)
         .next_power_of_two();
@@ -346,5 +367,24 @@ impl EndpointController for EpfController {
         let on = c.dev.irq_state().is_ok_and(|s| s.msix > 0);
         c.msix.store((now << 1) | u64::from(on), Ordering::Release);
         on
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_window_size;
+
+    #[test]
+    fn windows_share_half_the_outbound_space_within_bounds() {
+        // The rig's 32 MiB aperture, four windows: 4 MiB each.
+        assert_eq!(auto_window_size(32 << 20, 4), 4 << 20);
+        // A 1 MiB space: 128 KiB each; rounding is down to a power of two.
+        assert_eq!(auto_window_size(1 << 20, 4), 128 << 10);
+        assert_eq!(auto_window_size(300 << 10, 1), 128 << 10);
+        // Unknown or tiny spaces: the smallest; huge ones: the largest.
+        assert_eq!(auto_window_size(0, 4), 64 << 10);
+        assert_eq!(auto_window_size(100 << 10, 4), 64 << 10);
+        assert_eq!(auto_window_size(4 << 30, 4), 4 << 20);
+        assert_eq!(auto_window_size(32 << 20, 0), 4 << 20);
     }
 }

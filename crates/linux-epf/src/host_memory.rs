@@ -221,7 +221,7 @@ impl EpfHostMemory {
             let a = addr + (i * crate::uapi::MAX_DMA) as u64;
             if let Err(e) = self.dev.dma(chunk, a, to_host) {
                 bump(&self.stats.dma_errors, 1);
-                log::debug!("epf: DMA at {a:#x}: {e}");
+                log::warn!("epf: DMA of {} bytes at {a:#x} failed: {e}", chunk.len());
                 return Err(HostMemError::OutOfRange {
                     addr: a,
                     len: chunk.len() as u64,

@@ -54,72 +54,9 @@ step() {
 rx_packets() { cat /sys/class/net/$IF/statistics/rx_packets; }
 "#;
 
-/// The guest side of the 64 MiB transfers: send random bytes to the peer, then receive its
-/// random bytes, printing the SHA-256 of each direction.
-const XFER_GUEST: &str = r#"
-import hashlib, os, socket, sys, time
-peer, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def connect():
-    for _ in range(100):
-        try:
-            return socket.create_connection((peer, port), timeout=120)
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("cannot connect to the peer")
-s = connect()
-h, left, t = hashlib.sha256(), n, time.time()
-while left:
-    b = os.urandom(min(left, 1 << 20))
-    h.update(b)
-    s.sendall(b)
-    left -= len(b)
-s.shutdown(socket.SHUT_WR)
-s.recv(1)
-s.close()
-print(f"guest-sent bytes={n} sha256={h.hexdigest()} secs={time.time() - t:.1f}", flush=True)
-s = connect()
-h, got, t = hashlib.sha256(), 0, time.time()
-while True:
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    got += len(b)
-s.close()
-print(f"guest-recv bytes={got} sha256={h.hexdigest()} secs={time.time() - t:.1f}", flush=True)
-"#;
-
-/// The peer side: receive one connection's bytes, then send `n` random bytes on the next.
-const XFER_PEER: &str = r#"
-import hashlib, os, socket, sys
-addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-ls = socket.socket()
-ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind((addr, port))
-ls.listen(2)
-ls.settimeout(240)
-c, _ = ls.accept()
-c.settimeout(120)
-h, got = hashlib.sha256(), 0
-while True:
-    b = c.recv(1 << 20)
-    if not b:
-        break
-    h.update(b)
-    got += len(b)
-c.close()
-print(f"peer-recv bytes={got} sha256={h.hexdigest()}", flush=True)
-c, _ = ls.accept()
-c.settimeout(120)
-h, left = hashlib.sha256(), n
-while left:
-    b = os.urandom(min(left, 1 << 20))
-    h.update(b)
-    c.sendall(b)
-    left -= len(b)
-c.close()
-print(f"peer-sent bytes={n} sha256={h.hexdigest()}", flush=True)
-"#;
+/// The 64 MiB transfers with checksums, both ends (`connect` in the guest, `serve` at the
+/// peer).
+const XFER: &str = include_str!("../../../harness/xfer.py");
 
 /// Sends `count` Ethernet frames out of TAP `dev` (towards the guest) to a unicast address
 /// that is not the guest's (an experimental EtherType the guest's stack ignores).
@@ -193,7 +130,8 @@ fn single_queue_nic_carries_traffic_with_offloads_and_filters() {
         &[
             "python3",
             "-c",
-            XFER_PEER,
+            XFER,
+            "serve",
             PEER,
             "5001",
             &XFER_BYTES.to_string(),
@@ -225,7 +163,7 @@ check "ethtool -k: tx-tcp6-segmentation on" sh -c "ethtool -k $IF | grep -q 'tx-
 ping -c 100 -i 0.01 -q {PEER} | tee /tmp/ping.txt
 check "ping -c 100 -i 0.01: no loss" grep -q ' 0% packet loss' /tmp/ping.txt
 
-python3 /job/xfer.py {PEER} 5001 {XFER_BYTES} || fail "64 MiB transfers"
+python3 /job/xfer.py connect {PEER} 5001 {XFER_BYTES} || fail "64 MiB transfers"
 
 iperf3 -c {PEER} -t 3 > /tmp/up.txt || {{ cat /tmp/up.txt; fail "iperf3 TCP guest->peer"; }}
 grep -E 'sender|receiver' /tmp/up.txt
@@ -269,7 +207,7 @@ ip addr add {GUEST_CIDR} dev "$IF"
 check "ping after rebind" ping -c 5 -i 0.2 -W 5 -q {PEER}
 "#
     );
-    let guest = Guest::new(&[&d]).spawn("net1", &script, &[("xfer.py", XFER_GUEST.as_bytes())]);
+    let guest = Guest::new(&[&d]).spawn("net1", &script, &[("xfer.py", XFER.as_bytes())]);
     let job = guest.job.clone();
 
     // Promiscuous mode, as the endpoint sees it.

@@ -253,6 +253,16 @@ impl LegacyPollEngine {
         }
     }
 
+    /// Consumes a PFN the pass read (compare-and-swap to 0), returning QUEUE_SEL as read
+    /// after the PFN: the queue the host selected to write it, or the next one if it has
+    /// moved on (Linux selects queue k before writing its PFN, and cannot write queue k+1's
+    /// before this one is consumed). QUEUE_SEL read earlier in the pass can be older than
+    /// the PFN if the poller was held up between the two reads.
+    fn take_pfn(&mut self, page: &SharedMemory, pfn: u32) -> R<Option<u16>> {
+        let sel = page.load_u16(QUEUE_SEL)?;
+        Ok(page.compare_exchange_u32(QUEUE_PFN, pfn, 0)?.then_some(sel))
+    }
+
     /// Linux abandoned its queue setup and starts again from queue 0 (see the module
     /// documentation): the queues of the abandoned attempt are forgotten.
     fn restart(&mut self, regs: &mut Registers) {
@@ -339,7 +349,7 @@ impl LegacyPollEngine {
                 // Leave this PFN in place: a host with more queues fails its own
                 // "already active" check; otherwise DRIVER_OK finds the device refusing.
                 self.broken = true;
-            } else if page.compare_exchange_u32(QUEUE_PFN, pfn, 0)? {
+            } else if let Some(sel) = self.take_pfn(page, pfn)? {
                 pfn_left = false;
                 pass.activity = true;
                 self.queues_set_up = true;

@@ -17,6 +17,37 @@ pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A binary of the workspace in its release build, built if needed (`cargo build --release`
+/// is cached; scripts/test.sh builds it first). The rig runs the link and the daemon as they
+/// would run for real: every EP access to host memory is a round trip through the link, and
+/// polled registers have timing bounds that an unoptimised poller in a TCG guest misses
+/// five times more often.
+pub fn release_binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: Mutex<()> = Mutex::new(());
+    let _one = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .current_dir(repo())
+        .args(["build", "-q", "--release", "-p", package])
+        .status()
+        .unwrap_or_else(|e| panic!("cargo build -p {package}: {e}"));
+    assert!(st.success(), "cannot build {package}");
+    // target/<profile>/<this test>'s sibling epf-link tells where the target directory is.
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_epf-link"))
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("a target directory")
+        .join("release")
+        .join(name);
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+/// The link binary the rig runs (release build).
+pub fn link_binary() -> PathBuf {
+    release_binary("epf-link", "epf-link")
+}
+
 /// The module build (cached by harness/build-modules.sh): its output directory.
 pub fn modules() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -111,7 +142,7 @@ pub fn rig_with(name: &str, ep: &str, host: &str, args: &[&str], ep_files: &[&Pa
         .arg("--host-job")
         .arg(&host_job)
         .arg("--link")
-        .arg(env!("CARGO_BIN_EXE_epf-link"))
+        .arg(link_binary())
         // pci-epf-test copies through the aperture without yielding; under TCG every 4-byte
         // MMIO access is a vfio-user round trip, so a 1 MiB transfer runs for seconds.
         .args(["--ep-opt", "--append", "--ep-opt", "nosoftlockup"])
