@@ -873,8 +873,14 @@ static int epfu_dma_wait(struct epfu *u, struct dma_chan *chan)
 	if (atomic_dec_and_test(&u->dma_wait.pending))
 		complete(&u->dma_wait.done);
 	dma_async_issue_pending(chan);
-	t = wait_for_completion_interruptible_timeout(&u->dma_wait.done,
-						      EPFU_DMA_TIMEOUT);
+	/*
+	 * Killable, not interruptible: io_uring completions for this task
+	 * (task work) and ordinary signals make interruptible waits return
+	 * early, and the transfer would fail for nothing. Only a dying
+	 * process stops waiting.
+	 */
+	t = wait_for_completion_killable_timeout(&u->dma_wait.done,
+						 EPFU_DMA_TIMEOUT);
 	if (t <= 0) {
 		dmaengine_terminate_sync(chan);
 		return t ? -EINTR : -ETIMEDOUT;

@@ -137,10 +137,18 @@ impl EpfDevice {
                 uapi::DMA_FROM_HOST
             },
         };
-        // SAFETY: the ioctl reads or writes `buf` (pointer and length in `d`, both live and
-        // exclusively borrowed for the call) and writes `d.flags`.
-        check(unsafe { ioctl_with_mut_ref(&self.file, uapi::DMA(), &mut d) })?;
-        Ok(d.flags & uapi::DMA_USED_DMA != 0)
+        let flags = d.flags;
+        loop {
+            // SAFETY: the ioctl reads or writes `buf` (pointer and length in `d`, both live
+            // and exclusively borrowed for the call) and writes `d.flags`.
+            match check(unsafe { ioctl_with_mut_ref(&self.file, uapi::DMA(), &mut d) }) {
+                // A transfer cut short by a signal is done again whole (older modules wait
+                // interruptibly, and io_uring completions interrupt such waits).
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => d.flags = flags,
+                Err(e) => return Err(e),
+                Ok(_) => return Ok(d.flags & uapi::DMA_USED_DMA != 0),
+            }
+        }
     }
 
     /// Blocks for the next event.

@@ -431,6 +431,9 @@ impl VirtioPciFunction {
         // few microseconds between a host write and the host's next check; it returns to
         // normal scheduling when the probe ends (or stalls).
         let mut realtime = Realtime::default();
+        if let Err(e) = engine.rehearse(&self.config_bytes()) {
+            log::debug!("legacy poll: rehearsal failed: {e}");
+        }
         while !self.stop_polling.load(Ordering::Acquire) {
             realtime.set(engine.probing() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT);
             let r = {

@@ -630,3 +630,27 @@ fn linux_starting_its_queue_setup_again_is_followed() {
     }
     assert_eq!(a.queue_vectors, vec![1, 1, 1]);
 }
+
+/// The rehearsal the poller runs before serving goes through a refused attempt's restart,
+/// an activation, a notification and a reset on its own page, leaving the real one alone.
+#[test]
+fn the_rehearsal_takes_every_setup_path_on_its_own_page() {
+    let page = Arc::new(SharedMemory::memfd("legacy-page", 4096).unwrap());
+    let mut engine = LegacyPollEngine::new(1 << 28, 3, QSIZE);
+    engine.prime(&page).unwrap();
+    let before = page.load_u32(HOST_FEATURES).unwrap();
+    let st = engine.rehearse(&[1, 2, 3, 4, 5, 6]).unwrap();
+    assert_eq!(st.activations, 1, "{st:?}");
+    assert_eq!(st.restarts, 1, "{st:?}");
+    assert_eq!(st.pfns, 6, "{st:?}");
+    assert_eq!(st.notifies, 1, "{st:?}");
+    assert_eq!(st.uncertain_vectors + st.order_violations, 0, "{st:?}");
+    assert!(st.resets >= 1, "{st:?}");
+    assert_eq!(
+        engine.stats,
+        Default::default(),
+        "the real engine is untouched"
+    );
+    assert_eq!(page.load_u32(HOST_FEATURES).unwrap(), before);
+    assert_eq!(page.load_u8(STATUS).unwrap(), 0);
+}
