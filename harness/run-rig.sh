@@ -6,7 +6,7 @@
 # Usage:
 #   harness/run-rig.sh --work DIR --ep-job EPDIR --host-job HOSTDIR [--link BIN]
 #                      [--link-arg ARG]... [--ep-opt OPT]... [--host-opt OPT]...
-#                      [--host-boots N] [--timeout SEC]
+#                      [--host-boots N] [--between-boots FILE] [--timeout SEC]
 #
 #   --work DIR       scratch directory: sock/ (both vfio-user sockets), shared/ (a 9p share
 #                    both guests can mount as /shared to coordinate), link.log, link.stats
@@ -22,6 +22,11 @@
 #   --host-boots N   boot the host VM N times in a row (a fresh QEMU each time; the link
 #                    serves the next one); HOSTDIR/boot holds the number of the current boot,
 #                    HOSTDIR/output-all.log the output of every boot
+#   --between-boots FILE
+#                    before each host boot after the first, wait (up to the timeout) until
+#                    the EP VM creates shared/FILE-N, N being the boot to come (e.g. the EP
+#                    reloads its function while no host is attached: the host VM's QEMU
+#                    keeps the BARs it mapped for as long as it runs)
 #   --timeout SEC    per-VM timeout (default 300)
 #
 # The EP VM gets the controller at 01:00.0; the host VM gets the function at 01:00.0.
@@ -40,7 +45,7 @@ LOG_TAG=run-rig
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-WORK="" EP_JOB="" HOST_JOB="" LINK="" TIMEOUT=300 HOST_BOOTS=1
+WORK="" EP_JOB="" HOST_JOB="" LINK="" TIMEOUT=300 HOST_BOOTS=1 BETWEEN=""
 LINK_ARGS=() EP_OPTS=() HOST_OPTS=() EP_QEMU=() HOST_QEMU=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -54,6 +59,7 @@ while [[ $# -gt 0 ]]; do
 	--ep-qemu) EP_QEMU+=("${2?}"); shift 2 ;;
 	--host-qemu) HOST_QEMU+=("${2?}"); shift 2 ;;
 	--host-boots) HOST_BOOTS=${2:?}; shift 2 ;;
+	--between-boots) BETWEEN=${2:?}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?}; shift 2 ;;
 	-h | --help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
 	*) die "unknown argument '$1' (see --help)" ;;
@@ -134,6 +140,17 @@ mapfile -t HOST_DEV < <(vfio_user_dev "$HOST_SOCK")
 HOST_RC=0
 : >"$HOST_JOB/output-all.log"
 for ((boot = 1; boot <= HOST_BOOTS; boot++)); do
+	if ((boot > 1)) && [[ -n $BETWEEN ]]; then
+		T1=$SECONDS
+		until [[ -e $WORK/shared/$BETWEEN-$boot ]]; do
+			if ((SECONDS - T1 > TIMEOUT)) || ! kill -0 "$EP_PID" 2>/dev/null; then
+				log "the EP VM never created shared/$BETWEEN-$boot"
+				HOST_RC=125
+				break 2
+			fi
+			sleep 0.2
+		done
+	fi
 	echo "$boot" >"$HOST_JOB/boot"
 	if ! "$HARNESS_DIR/run-guest.sh" --job-dir "$HOST_JOB" --mem 512 --timeout "$TIMEOUT" --quiet \
 		--socket-dir "$WORK/sock" --share "$WORK/shared" "${HOST_OPTS[@]}" -- "${HOST_QEMU[@]}" "${HOST_DEV[@]}" \

@@ -376,3 +376,139 @@ finish
     );
     assert_eq!(r.counter("host.memory_accesses"), 0);
 }
+
+/// The life of a function, with virtio-console (two queues) and text both ways after every
+/// step: the daemon killed with SIGKILL and started again while the host runs (the host
+/// rebinds its driver), the host rebooted while it writes, then, with the host VM shut down
+/// (its QEMU keeps the BARs it mapped for as long as it runs: the rig cannot revoke them),
+/// pci-epf-user unloaded and loaded again, and a new host VM binds the function. The
+/// daemon must not gain descriptors, the endpoint core must be free of pci-epf-user once it
+/// is unloaded, and the EP kernel must log no trace.
+#[test]
+fn a_function_survives_daemon_kills_module_reloads_and_host_reboots() {
+    let ep = format!(
+        r#"{EP_DAEMON}
+mkfifo /tmp/in
+exec 3<>/tmp/in
+console() {{
+    DAEMON_IN=/tmp/in DAEMON_OUT=/tmp/from-host epf_run con0 console --backend stdio
+    sleep 1
+}}
+# both_ways PHASE: the host's marker arrives, ours goes to the host.
+both_ways() {{
+    local i
+    for i in $(seq 900); do grep -q "host-$1" /tmp/from-host 2>/dev/null && break; sleep 0.2; done
+    check "host -> endpoint after $1" grep -q "host-$1" /tmp/from-host
+    echo "ep-$1" >&3
+    wait_file /shared/$1-done 300 || RIG_FAILED=1
+}}
+U=/sys/kernel/config/pci_ep/functions/pci_epf_user/con0
+epf_setup slave con0 && console || {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
+both_ways start
+fds=$(ls /proc/$DAEMON/fd | wc -l)
+kill -9 $DAEMON; wait $DAEMON
+console
+check "the daemon runs again after SIGKILL" kill -0 $DAEMON
+signal restarted
+both_ways restarted
+signal rebooting
+both_ways rebooted
+# The host VM powers off after its reboot: unload and reload the function driver.
+kill -INT $DAEMON; wait $DAEMON
+echo "daemon exit $?"
+rm $C/con0 && rmdir $U
+check "pci-epf-user unloads" rmmod pci_epf_user
+check "only sim-epc holds the endpoint core" sh -c 'grep -q "^pci_ep_core [0-9]* 1 sim_epc" /proc/modules'
+insmod /job/pci-epf-user.ko && mkdir $U && ln -s $U $C/ || echo "FAIL the function comes back"
+# Until the host VM's QEMU is gone the link refuses new BARs (the daemon exits).
+for i in $(seq 60); do
+    console
+    kill -0 $DAEMON 2>/dev/null && break
+done
+check "the daemon runs on the reloaded module" kill -0 $DAEMON
+signal next-boot-2
+both_ways reloaded
+check "the daemon holds no more descriptors than the first ($fds)" test "$(ls /proc/$DAEMON/fd | wc -l)" -le "$fds"
+wait_file /shared/host-done 600 || RIG_FAILED=1
+check "the daemon is still running" kill -0 $DAEMON
+kill -INT $DAEMON; wait $DAEMON
+echo "daemon exit $?"
+grep -E "WARN|ERROR" /job/daemon.log | head
+ep_end
+"#
+    );
+    let host = r#"
+modprobe virtio_console
+D=/sys/bus/pci/drivers/virtio-pci
+# open_tty: hvc0 appears, raw, held open as fd 3.
+open_tty() {
+    local i
+    for i in $(seq 100); do [ -c /dev/hvc0 ] && break; sleep 0.1; done
+    exec 3<>/dev/hvc0 && stty -F /dev/hvc0 raw -echo
+}
+# both_ways PHASE: our marker goes to the endpoint, the endpoint's comes back.
+both_ways() {
+    echo "host-$1" >&3
+    check "endpoint -> host after $1" sh -c "timeout 180 grep -m1 -q ep-$1 <&3"
+    signal "$1-done"
+}
+if [ "$(cat /job/boot)" = 2 ]; then
+    open_tty || echo "FAIL no hvc0 on the reloaded function"
+    both_ways reloaded
+    finish
+fi
+if [ -e /job/rebooted ]; then
+    open_tty || echo "FAIL no hvc0 after the reboot"
+    both_ways rebooted
+    finish
+fi
+open_tty || echo "FAIL no hvc0"
+both_ways start
+wait_file /shared/restarted 300
+exec 3>&-
+echo 0000:01:00.0 > $D/unbind
+echo 0000:01:00.0 > $D/bind
+open_tty || echo "FAIL no hvc0 after the rebind"
+both_ways restarted
+wait_file /shared/rebooting 300
+# Reboot while writing.
+( while echo "traffic before the reboot" >&3; do :; done ) 2>/dev/null &
+sleep 2
+touch /job/rebooted
+cp /job/output.log /job/first-boot.log
+echo b > /proc/sysrq-trigger
+sleep 30
+echo "FAIL the reboot did not happen"
+finish
+"#;
+    let bin = virtio_epf();
+    let r = rig_with(
+        "epf-life",
+        &ep,
+        host,
+        &[
+            "--host-opt",
+            "--allow-reboot",
+            "--host-boots",
+            "2",
+            "--between-boots",
+            "next-boot",
+        ],
+        &[&bin],
+    );
+    r.assert_ok();
+    for phase in ["start", "restarted", "rebooted", "reloaded"] {
+        assert!(
+            r.host
+                .contains(&format!("ok endpoint -> host after {phase}")),
+            "{}",
+            r.host
+        );
+        assert!(
+            r.ep.contains(&format!("ok host -> endpoint after {phase}")),
+            "{}",
+            r.ep
+        );
+    }
+    assert_eq!(r.counter("host.memory_accesses"), 0);
+}
