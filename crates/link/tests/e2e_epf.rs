@@ -25,14 +25,23 @@ epf_setup() {
     local U=/sys/kernel/config/pci_ep/functions/pci_epf_user/$2
     mkdir $U && ln -s $U $C/
 }
-# epf_run NAME ARGS...: `virtio-epf ARGS... --epf NAME` in the background, as $DAEMON.
-# stdin/stdout are the console's stream when DAEMON_IN/DAEMON_OUT say so.
+# epf_run NAME ARGS...: `virtio-epf ARGS... --epf NAME` in the background, as $DAEMON,
+# returning once it serves (its function is started: a host probing before that reads
+# zeroed registers) or has exited. stdin/stdout are the console's stream when
+# DAEMON_IN/DAEMON_OUT say so.
 epf_run() {
-    local name=$1
+    local name=$1 served i
     shift
+    served=$(grep -c "serving virtio device" /job/daemon.log 2>/dev/null)
     RUST_LOG=${RUST_LOG:-info} /job/virtio-epf "$@" --epf $name --stats-file /job/epf.stats \
         <"${DAEMON_IN:-/dev/null}" >>"${DAEMON_OUT:-/job/daemon.log}" 2>>/job/daemon.log &
     DAEMON=$!
+    for i in $(seq 300); do
+        [ "$(grep -c "serving virtio device" /job/daemon.log)" -gt "${served:-0}" ] && return 0
+        kill -0 $DAEMON 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
 }
 epf_daemon() {
     local dma=$1 name=$2
@@ -392,7 +401,6 @@ mkfifo /tmp/in
 exec 3<>/tmp/in
 console() {{
     DAEMON_IN=/tmp/in DAEMON_OUT=/tmp/from-host epf_run con0 console --backend stdio
-    sleep 1
 }}
 # both_ways PHASE: the host's marker arrives, ours goes to the host.
 both_ways() {{
@@ -422,8 +430,8 @@ check "only sim-epc holds the endpoint core" sh -c 'grep -q "^pci_ep_core [0-9]*
 insmod /job/pci-epf-user.ko && mkdir $U && ln -s $U $C/ || echo "FAIL the function comes back"
 # Until the host VM's QEMU is gone the link refuses new BARs (the daemon exits).
 for i in $(seq 60); do
-    console
-    kill -0 $DAEMON 2>/dev/null && break
+    console && break
+    sleep 1
 done
 check "the daemon runs on the reloaded module" kill -0 $DAEMON
 signal next-boot-2
@@ -440,11 +448,16 @@ ep_end
     let host = r#"
 modprobe virtio_console
 D=/sys/bus/pci/drivers/virtio-pci
-# open_tty: hvc0 appears, raw, held open as fd 3.
+# open_tty: hvc0 opens (after a rebind its node can exist before the port is back), raw,
+# held open as fd 3.
 open_tty() {
     local i
-    for i in $(seq 100); do [ -c /dev/hvc0 ] && break; sleep 0.1; done
-    exec 3<>/dev/hvc0 && stty -F /dev/hvc0 raw -echo
+    for i in $(seq 200); do
+        { exec 3<>/dev/hvc0; } 2>/dev/null && stty -F /dev/hvc0 raw -echo 2>/dev/null && return 0
+        exec 3>&- 2>/dev/null
+        sleep 0.1
+    done
+    return 1
 }
 # both_ways PHASE: our marker goes to the endpoint, the endpoint's comes back.
 both_ways() {
@@ -468,7 +481,7 @@ wait_file /shared/restarted 300
 exec 3>&-
 echo 0000:01:00.0 > $D/unbind
 echo 0000:01:00.0 > $D/bind
-open_tty || echo "FAIL no hvc0 after the rebind"
+open_tty || { echo "FAIL no hvc0 after the rebind"; dmesg | tail -25; ls -l /dev/hvc0 /sys/bus/pci/devices/0000:01:00.0/; }
 both_ways restarted
 wait_file /shared/rebooting 300
 # Reboot while writing.
