@@ -412,8 +412,14 @@ impl VirtioPciFunction {
         // up: track them regardless of our own view of the host's MSI-X state, which (vectors
         // wired by the link) can lag behind the driver's register writes. Device
         // configuration moves from 0x14 to 0x18 when MSI-X comes on; the driver reads it at
-        // 0x14 before (e.g. virtio_net's MAC in probe), so its place follows the page's own
-        // evidence (LegacyPollEngine::msix_in_use), not that view.
+        // 0x14 before (e.g. virtio_net's MAC in probe). It moves to 0x18 on the page's own
+        // evidence (LegacyPollEngine::msix_in_use: the first PFN), which is immediate, or
+        // when the controller says MSI-X is on; it moves back only when neither says so: a
+        // driver being removed resets the device *before* it writes NO_VECTOR to the
+        // configuration vector at 0x14 and disables MSI-X, and a copy moved back at the
+        // reset was overwritten there (the next probe read a MAC starting ff:ff). The
+        // controller is asked only between a reset and the first PFN, where no timing
+        // bound runs (on a board that is a register read, cached for a few ms).
         let vectors = self.options.irq == IrqMode::Msix;
         // The poller's reaction time is the timing bound of this mode (docs/design.md): ask
         // the scheduler not to preempt it for ordinary work (needs CAP_SYS_NICE; without it
@@ -443,7 +449,8 @@ impl VirtioPciFunction {
                     engine
                         .sync_config(
                             &page,
-                            vectors && engine.msix_in_use(),
+                            vectors
+                                && (engine.msix_in_use() || self.shared.epc.msix_enabled()),
                             self.shared.config.generation(),
                             || self.config_bytes(),
                         )
