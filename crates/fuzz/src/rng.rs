@@ -79,6 +79,21 @@ impl Rng {
         items[self.below(items.len() as u64) as usize]
     }
 
+    /// One of `items`, or (as likely as each of them) a value `other` draws.
+    pub fn pick_or<T: Copy>(&mut self, items: &[T], other: impl FnOnce(&mut Rng) -> T) -> T {
+        let i = self.below(items.len() as u64 + 1) as usize;
+        match items.get(i) {
+            Some(&x) => x,
+            None => other(self),
+        }
+    }
+
+    /// Up to `max` (exclusive) random bytes.
+    pub fn bytes_below(&mut self, max: u64) -> Vec<u8> {
+        let n = self.below(max) as usize;
+        self.bytes(n)
+    }
+
     /// An index into `weights`, chosen with probability proportional to its weight.
     pub fn weighted(&mut self, weights: &[u32]) -> usize {
         let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
