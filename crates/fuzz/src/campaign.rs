@@ -90,6 +90,9 @@ impl std::fmt::Display for Origin {
     }
 }
 
+/// How often a running campaign reports its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 /// Writes a line to the process's standard error (not the test harness's captured output).
 pub fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
@@ -255,6 +258,7 @@ impl Campaign {
         }
 
         let start = Instant::now();
+        let mut last_progress = start;
         let mut cases = 0u64;
         let seeds: Box<dyn Iterator<Item = u64>> = match settings.replay {
             Some(s) => Box::new(std::iter::once(s)),
@@ -278,6 +282,18 @@ impl Campaign {
             cases += 1;
             if let Err(e) = self.check_resources(cases, &mut tally) {
                 self.fail(&Origin::Seed(seed), &target.encode(&case), &e);
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                say(&format!(
+                    "fuzz {name}: {:.0} s: {cases} cases, {} {}, resident memory {} KiB \
+                     (baseline {} KiB)",
+                    start.elapsed().as_secs_f64(),
+                    tally.execs,
+                    self.unit,
+                    probe::rss_kib(),
+                    tally.rss_base.unwrap_or(0)
+                ));
             }
         }
         drop(watchdog);
