@@ -128,20 +128,46 @@ impl Plan {
         }
         // What the device may write must not overlap anything it reads or walks.
         let valid: Vec<&Chain> = posted.iter().filter_map(|p| p.walk.as_ref().ok()).collect();
-        let mut fixed: Vec<(u64, u64)> = lay.queues.iter().flat_map(|q| q.structures()).collect();
+        // What the device reads or walks: descriptor tables, available rings, indirect
+        // tables, readable buffers.
+        let mut fixed: Vec<(u64, u64)> = lay
+            .queues
+            .iter()
+            .flat_map(|q| q.structures()[..2].to_vec())
+            .collect();
         for c in &valid {
             fixed.extend(c.table.map(|t| (t.addr, u64::from(t.len))));
             fixed.extend(c.readable.iter().map(|s| (s.addr, u64::from(s.len))));
         }
-        let writes: Vec<(u64, u64)> = valid
-            .iter()
-            .flat_map(|c| c.writable.iter().map(|s| (s.addr, u64::from(s.len))))
-            .collect();
-        'w: for (i, w) in writes.iter().enumerate() {
+        // What it writes: writable buffers and the used rings.
+        let mut writes: Vec<(u64, u64)> = lay.queues.iter().map(|q| q.structures()[2]).collect();
+        writes.extend(
+            valid
+                .iter()
+                .flat_map(|c| c.writable.iter().map(|s| (s.addr, u64::from(s.len)))),
+        );
+        for (i, w) in writes.iter().enumerate() {
             if fixed.iter().any(|f| overlap(*w, *f)) || writes[..i].iter().any(|o| overlap(*w, *o))
             {
-                why.push(format!("writable buffer {:#x}+{:#x} overlaps", w.0, w.1));
-                break 'w;
+                why.push(format!(
+                    "memory the device writes ({:#x}+{:#x}) overlaps what it reads",
+                    w.0, w.1
+                ));
+                break;
+            }
+        }
+        // What the host changes while it publishes (available rings): nothing walked or read
+        // may lie there, or the device sees other bytes than the oracle did.
+        let avail: Vec<(u64, u64)> = lay.queues.iter().map(|q| q.structures()[1]).collect();
+        for c in &valid {
+            let read = c
+                .table
+                .iter()
+                .chain(&c.readable)
+                .map(|s| (s.addr, u64::from(s.len)));
+            if read.clone().any(|r| avail.iter().any(|a| overlap(r, *a))) {
+                why.push("a table or buffer lies over an available ring".into());
+                break;
             }
         }
         let clean = why.is_empty();
