@@ -1,6 +1,7 @@
 //! What the process holds, read from `/proc/self`: resident memory and open descriptors. The
 //! code under test runs in the test process, so these are its resources (plus the test's own,
-//! which the fuzz targets keep constant).
+//! which the fuzz targets keep constant). Memory the allocator keeps after a large case can be
+//! given back first, so only memory in use counts against a bound.
 
 /// Resident set size (`VmRSS` of `/proc/self/status`) in KiB.
 pub fn rss_kib() -> u64 {
@@ -11,6 +12,15 @@ pub fn rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// Gives the allocator's free memory back to the system (glibc's `malloc_trim`), so that the
+/// resident set shows what is in use rather than what the allocator keeps for later.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Number of open descriptors (entries of `/proc/self/fd`, not counting the one reading it).

@@ -31,7 +31,7 @@ use super::walker::{Chain, Seg};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 
 /// Most bytes of chain content the oracle copies per case.
-pub const CAPTURE_LIMIT: u64 = 16 << 20;
+pub const CAPTURE_LIMIT: u64 = 8 << 20;
 
 /// A chain made available, as the host published it.
 #[derive(Debug, Clone)]
