@@ -476,9 +476,9 @@ mod tests {
         }
     }
 
-    fn campaign(rss_growth_kib: u64) -> Campaign {
+    fn campaign(rss_growth_kib: u64, name: &str) -> Campaign {
         Campaign {
-            name: "self-test".into(),
+            name: name.into(),
             unit: "runs".into(),
             command: "cargo test -p epf-fuzz".into(),
             default_secs: 0.0,
@@ -504,7 +504,11 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut t = numbers(false);
         let start = Instant::now();
-        let r = campaign(1 << 20).run_with(settings(0.2), &mut t, "== two\nn 2\n== three\nn 3\n");
+        let r = campaign(1 << 20, "self-test").run_with(
+            settings(0.2),
+            &mut t,
+            "== two\nn 2\n== three\nn 3\n",
+        );
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(r.cases > 0);
         assert_eq!(&t.ran[..2], &[2, 3]);
@@ -518,7 +522,11 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut t = numbers(false);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            campaign(1 << 20).run_with(settings(0.0), &mut t, "== bad luck\nn 13\n")
+            campaign(1 << 20, "self-test (this failure is expected)").run_with(
+                settings(0.0),
+                &mut t,
+                "== bad luck\nn 13\n",
+            )
         }));
         let msg = panic_message(r.unwrap_err().as_ref());
         assert!(msg.contains("bad luck") && msg.contains("unlucky"), "{msg}");
@@ -529,7 +537,11 @@ mod tests {
         let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let mut t = numbers(true);
         let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            campaign(8 << 10).run_with(settings(30.0), &mut t, "")
+            campaign(8 << 10, "self-test (this failure is expected)").run_with(
+                settings(30.0),
+                &mut t,
+                "",
+            )
         }));
         let msg = panic_message(r.unwrap_err().as_ref());
         assert!(msg.contains("resident memory grew"), "{msg}");
