@@ -11,6 +11,10 @@
 
 use crate::HostMemError;
 
+/// Most ranges one [`HostMemory::in_place`] call hands to `f`: the kernel's `IOV_MAX`, the
+/// most iovecs `preadv`/`pwritev` take. Implementations return `None` for more.
+pub const IN_PLACE_MAX_RANGES: usize = 1024;
+
 /// Host memory as seen from the endpoint.
 pub trait HostMemory: Send + Sync {
     /// Copies `buf.len()` bytes from host address `addr` into `buf`.
@@ -56,7 +60,8 @@ pub trait HostMemory: Send + Sync {
     ///
     /// Returns `None` when the implementation cannot expose the memory in place (outbound
     /// windows, a DMA engine, memory not mapped, a range split across mappings, or more
-    /// ranges than one system call takes): the caller copies instead. The default does so.
+    /// than [`IN_PLACE_MAX_RANGES`] ranges, what one system call takes): the caller copies
+    /// instead. The default does so.
     fn in_place(
         &self,
         ranges: &[(u64, u32)],

@@ -38,7 +38,7 @@ pub use controller::{
 };
 pub use error::{EpcError, HostMemError};
 pub use header::PciHeader;
-pub use host_memory::{region_offset, HostMemory};
+pub use host_memory::{region_offset, HostMemory, IN_PLACE_MAX_RANGES};
 pub use irq::{Irq, IrqSupport};
 pub use outbound_windows::{OutboundWindows, WindowLimited, WindowStats};
 pub use shared_mem::SharedMemory;

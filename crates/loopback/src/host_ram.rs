@@ -4,7 +4,9 @@
 //! host side (the driver in [`host_driver`](crate::host_driver)) uses the same bytes
 //! through [`HostBus`](crate::HostBus) without being counted.
 
-use epf_epc::{region_offset, HostMemError, HostMemory, SharedMemory, PAGE_SIZE};
+use epf_epc::{
+    region_offset, HostMemError, HostMemory, SharedMemory, IN_PLACE_MAX_RANGES, PAGE_SIZE,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Host RAM arena `[base, base + size)`, shared between the host model and the endpoint.
@@ -152,13 +154,17 @@ impl HostMemory for ArenaMemory {
 
     /// In place, like a controller whose host memory is mapped (counted as one endpoint
     /// access of the kind `f` performs). An out-of-range range gives `None`: the caller's
-    /// copy path then meets (and counts) the error.
+    /// copy path then meets (and counts) the error. So do more ranges than one system call
+    /// takes.
     fn in_place(
         &self,
         ranges: &[(u64, u32)],
         write: bool,
         f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
     ) -> Option<std::io::Result<()>> {
+        if ranges.len() > IN_PLACE_MAX_RANGES {
+            return None;
+        }
         let mut iov = Vec::with_capacity(ranges.len());
         for &(addr, len) in ranges {
             let off = self.offset(addr, len as u64).ok()?;
@@ -244,6 +250,25 @@ mod tests {
         assert_eq!(m.oob_attempts(), 5);
         assert_eq!(m.endpoint_reads(), 1);
         assert_eq!(m.endpoint_writes(), 1);
+    }
+
+    /// Found by the device fuzzer: a 2049-segment blk write (an aliased indirect table, a
+    /// valid request) failed with IOERR on the loopback, whose in-place access handed
+    /// pwritev more iovecs than the kernel takes (EINVAL).
+    #[test]
+    fn in_place_takes_at_most_one_system_call_of_ranges() {
+        let m = ArenaMemory::new(BASE, 8192).unwrap();
+        let calls = |n: usize| {
+            let ranges = vec![(BASE, 512u32); n];
+            let mut got = 0;
+            let r = m.in_place(&ranges, false, &mut |iov| {
+                got = iov.len();
+                Ok(())
+            });
+            (r.is_some(), got)
+        };
+        assert_eq!(calls(IN_PLACE_MAX_RANGES), (true, IN_PLACE_MAX_RANGES));
+        assert_eq!(calls(IN_PLACE_MAX_RANGES + 1), (false, 0));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! entirely or fails without touching memory. `read_u16`/`write_u16` are single-copy atomic
 //! when the address is 2-byte aligned inside one mapping.
 
-use epf_epc::{HostMemError, HostMemory, SharedMemory};
+use epf_epc::{HostMemError, HostMemory, SharedMemory, IN_PLACE_MAX_RANGES};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -286,9 +286,6 @@ impl DmaTable {
     }
 }
 
-/// At most this many ranges go to one in-place access (the kernel's IOV_MAX).
-const IOV_MAX: usize = 1024;
-
 /// Reports a mapping's error at the bus address of the access.
 fn at(addr: u64) -> impl Fn(HostMemError) -> HostMemError {
     move |e| match e {
@@ -324,7 +321,7 @@ impl HostMemory for DmaTable {
         write: bool,
         f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
     ) -> Option<std::io::Result<()>> {
-        if ranges.len() > IOV_MAX {
+        if ranges.len() > IN_PLACE_MAX_RANGES {
             return None;
         }
         let maps = self.read_lock();

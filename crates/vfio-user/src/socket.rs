@@ -108,12 +108,78 @@ pub(crate) struct Conn {
     wake: RawFd,
 }
 
+/// Control-message length that lets the kernel pass exactly `n` descriptors (it installs
+/// as many as fit after the header, `CMSG_LEN`, not the padded `CMSG_SPACE`).
+fn control_len(n: usize) -> usize {
+    // SAFETY: CMSG_LEN only computes a size.
+    unsafe { libc::CMSG_LEN((n * std::mem::size_of::<RawFd>()) as u32) as usize }
+}
+
 /// Control-message buffer able to hold [`MAX_MSG_FDS`] descriptors, u64-aligned as
 /// `cmsghdr` requires.
 fn cmsg_buffer() -> Vec<u64> {
     // SAFETY: CMSG_SPACE only computes a size.
     let bytes = unsafe { libc::CMSG_SPACE((MAX_MSG_FDS * std::mem::size_of::<RawFd>()) as u32) };
     vec![0u64; (bytes as usize).div_ceil(8)]
+}
+
+/// One non-blocking `recvmsg` of `fd` into `buf`, accepting at most `room` descriptors: the
+/// control buffer has room for exactly that many, so the kernel installs no more and closes
+/// the rest itself. The process thus never holds more of a message's descriptors than the
+/// message may carry, not even for an instant (with a full-size buffer, up to
+/// [`MAX_MSG_FDS`] more would be installed and then closed). Returns the bytes read, the
+/// descriptors received, and whether the kernel dropped some (`MSG_CTRUNC`).
+fn recv_with_room(
+    fd: RawFd,
+    buf: &mut [u8],
+    room: usize,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    let room = room.min(MAX_MSG_FDS);
+    let mut cmsg = cmsg_buffer();
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if room > 0 {
+        msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control_len(room);
+    }
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (covering `buf`) and at `cmsg` (at least
+        // `msg_controllen` bytes: `control_len(room) <= CMSG_SPACE(MAX_MSG_FDS)`), all live
+        // and exclusively borrowed for the call.
+        let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walks the control messages the kernel wrote into `cmsg`, within
+    // `msg_controllen`; CMSG_FIRSTHDR/NXTHDR bound-check against it (and return null without
+    // a control buffer). SCM_RIGHTS payloads are arrays of descriptors that now belong to
+    // us; they are read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..payload / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 impl Conn {
@@ -139,61 +205,12 @@ impl Conn {
         fds: &mut Vec<OwnedFd>,
         truncated: &mut bool,
     ) -> io::Result<usize> {
-        let mut cmsg = cmsg_buffer();
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = cmsg.len() * 8;
-        let n = loop {
-            // SAFETY: `msg` points at `iov` (covering `buf`) and at `cmsg`, all live and
-            // exclusively borrowed for the call.
-            let r = unsafe {
-                libc::recvmsg(
-                    self.fd(),
-                    &mut msg,
-                    libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
-                )
-            };
-            if r >= 0 {
-                break r as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
-        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-            *truncated = true;
-        }
-        // SAFETY: walks the control messages the kernel wrote into `cmsg`, within
-        // `msg_controllen`; CMSG_FIRSTHDR/NXTHDR bound-check against it. SCM_RIGHTS payloads
-        // are arrays of descriptors that now belong to us; they are read unaligned.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const RawFd;
-                    let payload = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..payload / std::mem::size_of::<RawFd>() {
-                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                        // One message carries at most MAX_MSG_FDS descriptors, however many
-                        // recvmsg calls it takes: the rest are closed as they arrive.
-                        if fds.len() < MAX_MSG_FDS {
-                            fds.push(fd);
-                        } else {
-                            *truncated = true;
-                        }
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
+        // One message carries at most MAX_MSG_FDS descriptors, however many recvmsg calls it
+        // takes: the kernel is only asked for what is left of that.
+        let room = MAX_MSG_FDS.saturating_sub(fds.len());
+        let (n, got, ctrunc) = recv_with_room(self.fd(), buf, room)?;
+        *truncated |= ctrunc || got.len() > room;
+        fds.extend(got.into_iter().take(room));
         Ok(n)
     }
 
@@ -328,6 +345,49 @@ mod tests {
             cb.recv_exact(&mut buf, &mut fds, &mut trunc, dl),
             Err(XferError::Closed)
         ));
+    }
+
+    /// Sends `n` descriptors (dups of one eventfd) with one byte on `a`.
+    fn send_fds(a: &UnixStream, n: usize) {
+        let w = wake();
+        let c = Conn::new(a.try_clone().unwrap(), w.as_raw_fd());
+        let raw = vec![w.as_raw_fd(); n];
+        c.send(&[b"x"], &raw, Instant::now() + Duration::from_secs(5))
+            .unwrap();
+    }
+
+    /// Found by the session fuzzer: with a control buffer sized for 16 descriptors whatever
+    /// the message already had, the kernel installed up to 16 more before the excess was
+    /// closed, so a client could make the server hold twice the bound for a moment.
+    #[test]
+    fn the_kernel_is_asked_for_no_more_descriptors_than_there_is_room_for() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 1];
+        for (sent, room) in [(5, 3), (5, 1), (3, 0), (2, 2), (MAX_MSG_FDS, 99)] {
+            send_fds(&a, sent);
+            let (n, fds, ctrunc) = recv_with_room(b.as_raw_fd(), &mut buf, room).unwrap();
+            assert_eq!(n, 1);
+            let room = room.min(MAX_MSG_FDS);
+            assert_eq!(fds.len(), sent.min(room), "{sent} sent, room for {room}");
+            assert_eq!(ctrunc, sent > room, "{sent} sent, room for {room}");
+        }
+    }
+
+    #[test]
+    fn a_message_keeps_at_most_its_quota_over_several_reads() {
+        let w = wake();
+        let (a, b) = UnixStream::pair().unwrap();
+        let cb = Conn::new(b, w.as_raw_fd());
+        for _ in 0..3 {
+            send_fds(&a, 7);
+        }
+        let mut buf = [0u8; 3];
+        let mut fds = Vec::new();
+        let mut trunc = false;
+        let dl = Instant::now() + Duration::from_secs(5);
+        cb.recv_exact(&mut buf, &mut fds, &mut trunc, dl).unwrap();
+        assert_eq!(fds.len(), MAX_MSG_FDS);
+        assert!(trunc);
     }
 
     #[test]

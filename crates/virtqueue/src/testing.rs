@@ -11,7 +11,7 @@
 use crate::descriptor::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use crate::layout::{self, Ring};
 use crate::{QueueConfig, Segment};
-use epf_epc::{HostMemError, HostMemory};
+use epf_epc::{HostMemError, HostMemory, IN_PLACE_MAX_RANGES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -208,7 +208,7 @@ impl HostMemory for TestMemory {
         _write: bool,
         f: &mut dyn FnMut(&mut [libc::iovec]) -> std::io::Result<()>,
     ) -> Option<std::io::Result<()>> {
-        if !self.in_place.load(Ordering::Relaxed) {
+        if !self.in_place.load(Ordering::Relaxed) || ranges.len() > IN_PLACE_MAX_RANGES {
             return None;
         }
         let offsets: Vec<(usize, usize)> = ranges

@@ -1,0 +1,48 @@
+//! What the process holds, read from `/proc/self`: resident memory and open descriptors. The
+//! code under test runs in the test process, so these are its resources (plus the test's own,
+//! which the fuzz targets keep constant). Memory the allocator keeps after a large case can be
+//! given back first, so only memory in use counts against a bound.
+
+/// Resident set size (`VmRSS` of `/proc/self/status`) in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Gives the allocator's free memory back to the system (glibc's `malloc_trim`), so that the
+/// resident set shows what is in use rather than what the allocator keeps for later.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Number of open descriptors (entries of `/proc/self/fd`, not counting the one reading it).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count().saturating_sub(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_see_what_the_process_takes() {
+        let rss = rss_kib();
+        assert!(rss > 0);
+        let fds = open_fds();
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(open_fds(), fds + 1);
+        drop(f);
+        assert_eq!(open_fds(), fds);
+        let v = std::hint::black_box(vec![1u8; 64 << 20]);
+        assert!(rss_kib() >= rss + 60 * 1024, "64 MiB touched");
+        drop(v);
+    }
+}
