@@ -449,8 +449,7 @@ impl VirtioPciFunction {
                     engine
                         .sync_config(
                             &page,
-                            vectors
-                                && (engine.msix_in_use() || self.shared.epc.msix_enabled()),
+                            vectors && (engine.msix_in_use() || self.shared.epc.msix_enabled()),
                             self.shared.config.generation(),
                             || self.config_bytes(),
                         )
