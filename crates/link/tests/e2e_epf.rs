@@ -110,66 +110,6 @@ finish
     );
 }
 
-/// virtio-console on the kernel EPF: a mebibyte each way through the host's stock
-/// virtio_console (hvc0, raw), byte-identical by checksum, with no trapped register access.
-#[test]
-fn virtio_console_on_the_kernel_epf_moves_a_mebibyte_each_way() {
-    let ep = format!(
-        r#"{EP_DAEMON}
-head -c 1048576 /dev/urandom > /shared/e2h.bin
-mkfifo /tmp/in
-# Held open read-write: the daemon's open for reading does not block, and it never sees
-# end of file.
-exec 3<>/tmp/in
-DAEMON_IN=/tmp/in DAEMON_OUT=/tmp/from-host \
-    epf_daemon slave con0 console --backend stdio --dma-threshold 256 ||
-    {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
-# The host puts its tty in raw mode first: bytes reaching a cooked tty would be echoed.
-wait_file /shared/host-ready 600 || RIG_FAILED=1
-cat /shared/e2h.bin >&3 &
-for i in $(seq 600); do
-    [ "$(stat -c %s /tmp/from-host 2>/dev/null)" = 1048576 ] && break
-    sleep 0.5
-done
-wait_file /shared/host-sent 60 || RIG_FAILED=1
-check "1 MiB host -> endpoint, identical" cmp /tmp/from-host /shared/h2e.bin
-wait_file /shared/host-done 900 || RIG_FAILED=1
-check "the daemon is still running" kill -0 $DAEMON
-kill -INT $DAEMON; wait $DAEMON
-echo "daemon exit $?"
-tail -5 /job/daemon.log
-ep_end
-"#
-    );
-    let host = r#"
-modprobe virtio_console
-for i in $(seq 100); do [ -c /dev/hvc0 ] && break; sleep 0.1; done
-check "the host has /dev/hvc0" test -c /dev/hvc0
-head -c 1048576 /dev/urandom > /shared/h2e.bin
-exec 3<>/dev/hvc0
-stty -F /dev/hvc0 raw -echo
-signal host-ready
-head -c 1048576 <&3 > /tmp/got &
-READER=$!
-cat /shared/h2e.bin >&3
-signal host-sent
-wait $READER
-check "1 MiB endpoint -> host, identical" cmp /tmp/got /shared/e2h.bin
-finish
-"#;
-    let bin = virtio_epf();
-    let r = rig_with("epf-console", &ep, host, &[], &[&bin]);
-    let stats = std::fs::read_to_string(r.ep_job.join("epf.stats")).unwrap_or_default();
-    eprintln!("daemon counters:\n{stats}");
-    r.assert_ok();
-    assert_eq!(r.counter("host.memory_accesses"), 0);
-    assert!(
-        r.counter("link.dma_bytes") >= 2 << 20,
-        "both megabytes moved by DMA:\n{}",
-        r.stats
-    );
-}
-
 /// virtio-blk on the kernel EPF: ext4 with fsck and checksums, fio with crc32c
 /// verification, then a crash: the daemon is killed with SIGKILL while the host writes and
 /// flushes records in a loop, a new daemon serves the same image, the host VM reboots (its
@@ -386,15 +326,17 @@ finish
     assert_eq!(r.counter("host.memory_accesses"), 0);
 }
 
-/// The life of a function, with virtio-console (two queues) and text both ways after every
-/// step: the daemon killed with SIGKILL and started again while the host runs (the host
+/// virtio-console on the kernel EPF (two queues): a mebibyte each way through the host's
+/// stock virtio_console (hvc0, raw), byte-identical, then the life of the function, with
+/// text both ways after every step: the daemon killed with SIGKILL and started again while the host runs (the host
 /// rebinds its driver), the host rebooted while it writes, then, with the host VM shut down
 /// (its QEMU keeps the BARs it mapped for as long as it runs: the rig cannot revoke them),
 /// pci-epf-user unloaded and loaded again, and a new host VM binds the function. The
 /// daemon must not gain descriptors, the endpoint core must be free of pci-epf-user once it
 /// is unloaded, and the EP kernel must log no trace.
 #[test]
-fn a_function_survives_daemon_kills_module_reloads_and_host_reboots() {
+fn virtio_console_on_the_kernel_epf_moves_a_mebibyte_each_way_and_survives_kills_reloads_and_reboots(
+) {
     let ep = format!(
         r#"{EP_DAEMON}
 mkfifo /tmp/in
@@ -411,7 +353,17 @@ both_ways() {{
     wait_file /shared/$1-done 300 || RIG_FAILED=1
 }}
 U=/sys/kernel/config/pci_ep/functions/pci_epf_user/con0
+head -c 1048576 /dev/urandom > /shared/e2h.bin
 epf_setup slave con0 && console || {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
+# The host puts its tty in raw mode first: bytes reaching a cooked tty would be echoed.
+wait_file /shared/host-ready 300 || RIG_FAILED=1
+cat /shared/e2h.bin >&3 &
+for i in $(seq 1200); do
+    [ "$(stat -c %s /tmp/from-host 2>/dev/null)" -ge 1048576 ] && break
+    sleep 0.5
+done
+wait_file /shared/host-sent 60 || RIG_FAILED=1
+check "1 MiB host -> endpoint, identical" cmp -n 1048576 /tmp/from-host /shared/h2e.bin
 both_ways start
 fds=$(ls /proc/$DAEMON/fd | wc -l)
 kill -9 $DAEMON; wait $DAEMON
@@ -476,6 +428,14 @@ if [ -e /job/rebooted ]; then
     finish
 fi
 open_tty || echo "FAIL no hvc0"
+head -c 1048576 /dev/urandom > /shared/h2e.bin
+signal host-ready
+head -c 1048576 <&3 > /tmp/got &
+READER=$!
+cat /shared/h2e.bin >&3
+signal host-sent
+wait $READER
+check "1 MiB endpoint -> host, identical" cmp /tmp/got /shared/e2h.bin
 both_ways start
 wait_file /shared/restarted 300
 exec 3>&-
@@ -510,6 +470,21 @@ finish
         &[&bin],
     );
     r.assert_ok();
+    assert!(
+        r.ep.contains("ok 1 MiB host -> endpoint, identical"),
+        "{}",
+        r.ep
+    );
+    assert!(
+        r.host.contains("ok 1 MiB endpoint -> host, identical"),
+        "{}",
+        r.host
+    );
+    assert!(
+        r.counter("link.dma_bytes") >= 2 << 20,
+        "both mebibytes moved by DMA:\n{}",
+        r.stats
+    );
     for phase in ["start", "restarted", "rebooted", "reloaded"] {
         assert!(
             r.host
