@@ -38,7 +38,7 @@ def receive(sock):
 
 
 def report(name, n, h, t):
-    print(f"{name} bytes={n} sha256={h.hexdigest()} secs={time.time() - t:.1f}", flush=True)
+    print(f"{name} bytes={n} sha256={h.hexdigest()} secs={time.time() - t:.3f}", flush=True)
 
 
 def connect(peer, port, n):
