@@ -27,6 +27,7 @@ mod host_memory;
 mod irq;
 mod outbound_windows;
 mod shared_mem;
+pub mod sync;
 
 pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, MIN_BAR_SIZE, PAGE_SIZE};
 pub use config_space::{

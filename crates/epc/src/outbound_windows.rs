@@ -8,6 +8,7 @@
 //! its counters (maps, unmaps, hits, misses) are the point; the data path is the inner memory.
 //! [`WindowLimited`] applies it to a whole controller.
 
+use crate::sync;
 use crate::{
     EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess,
     HostMemError, HostMemory, Irq, SharedMemory,
@@ -96,7 +97,7 @@ impl OutboundWindows {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Makes sure the window holding `addr` is mapped.

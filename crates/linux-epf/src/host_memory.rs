@@ -9,6 +9,7 @@
 //! recently used first.
 
 use crate::device::EpfDevice;
+use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, SharedMemory};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,7 +101,7 @@ impl EpfHostMemory {
     }
 
     fn lock(&self) -> MutexGuard<'_, Windows> {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.windows)
     }
 
     /// Unmaps every window (the host went away: its addresses mean nothing now).

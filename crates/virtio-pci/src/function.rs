@@ -14,6 +14,7 @@ use crate::registers::{Effect, Registers};
 use crate::stats::FunctionStats;
 use crate::worker::{Control, WorkerHandle};
 use epf_device::{DeviceConfig, VirtioDevice};
+use epf_epc::sync;
 use epf_epc::{
     capability_offsets, EndpointController, EpcError, FunctionHandler, HostMemory, SharedMemory,
 };
@@ -57,7 +58,7 @@ pub struct Shared {
 impl Shared {
     /// Locks the register file (a poisoned lock is still usable: the state is plain data).
     pub(crate) fn regs(&self) -> MutexGuard<'_, Registers> {
-        self.regs.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.regs)
     }
 }
 
@@ -232,7 +233,7 @@ impl VirtioPciFunction {
             let h = std::thread::Builder::new()
                 .name("epf-poll".into())
                 .spawn(move || me.poll_loop(page, engine))?;
-            *f.poller.lock().unwrap_or_else(|e| e.into_inner()) = Some(h);
+            *sync::lock(&f.poller) = Some(h);
         }
         Ok(f)
     }
@@ -254,7 +255,7 @@ impl VirtioPciFunction {
 
     /// Counters of the polled register engine (zero unless registers are polled).
     pub fn poll_stats(&self) -> PollStats {
-        *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner())
+        *sync::lock(&self.poll_stats)
     }
 
     /// The device status as the driver would read it through a trap.
@@ -265,14 +266,14 @@ impl VirtioPciFunction {
     /// Stops the poller and the worker thread (the function stops serving queues).
     pub fn stop(&self) {
         self.stop_polling.store(true, Ordering::Release);
-        if let Some(h) = self.poller.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = sync::lock(&self.poller).take() {
             let _ = h.join();
         }
         self.worker().stop();
     }
 
     fn worker(&self) -> MutexGuard<'_, WorkerHandle> {
-        self.worker.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.worker)
     }
 
     fn apply(&self, effect: Effect) {
@@ -300,12 +301,7 @@ impl VirtioPciFunction {
                 log::error!("device reset did not complete within {RESET_WAIT:?}");
                 return;
             }
-            regs = self
-                .shared
-                .reset_done
-                .wait_timeout(regs, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            regs = sync::wait_timeout(&self.shared.reset_done, regs, deadline - now).0;
         }
     }
 
@@ -485,7 +481,7 @@ impl VirtioPciFunction {
                 std::thread::yield_now();
             }
             if last_publish.elapsed() > Duration::from_millis(100) {
-                *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats;
+                *sync::lock(&self.poll_stats) = engine.stats;
                 last_publish = Instant::now();
             }
             if engine.status() != status_seen.0 {
@@ -517,7 +513,7 @@ impl VirtioPciFunction {
             sleep = (sleep * 2).min(cap);
         }
         realtime.set(false);
-        *self.poll_stats.lock().unwrap_or_else(|e| e.into_inner()) = engine.stats;
+        *sync::lock(&self.poll_stats) = engine.stats;
     }
 
     fn config_bytes(&self) -> Vec<u8> {
@@ -577,7 +573,7 @@ impl FunctionHandler for VirtioPciFunction {
         let Some((window, rel)) = self.pci_cfg_window(offset) else {
             return;
         };
-        let w = *window.lock().unwrap_or_else(|e| e.into_inner());
+        let w = *sync::lock(window);
         if let WindowAccess::Bar { bar, offset, len } = w.read(rel, data) {
             self.bar_read(bar, offset, &mut data[..len]);
         }
@@ -587,10 +583,7 @@ impl FunctionHandler for VirtioPciFunction {
         let Some((window, rel)) = self.pci_cfg_window(offset) else {
             return;
         };
-        let access = window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write(rel, data);
+        let access = sync::lock(window).write(rel, data);
         if let WindowAccess::Bar { bar, offset, len } = access {
             debug_assert!(rel == PCI_CFG_DATA);
             self.bar_write(bar, offset, &data[..len]);
@@ -601,7 +594,7 @@ impl FunctionHandler for VirtioPciFunction {
         let effect = self.shared.regs().reset();
         self.shared.interrupt.reset();
         if let Transport::Modern { pci_cfg, .. } = &self.transport {
-            *pci_cfg.lock().unwrap_or_else(|e| e.into_inner()) = PciCfgWindow::default();
+            *sync::lock(pci_cfg) = PciCfgWindow::default();
         }
         self.apply(effect);
     }

@@ -10,6 +10,7 @@
 
 use super::request::{Completion, Request};
 use epf_device::Waker;
+use epf_epc::sync;
 use std::sync::Mutex;
 
 /// Which engine to run.
@@ -72,12 +73,12 @@ pub struct WakerCell(Mutex<Option<Waker>>);
 impl WakerCell {
     /// Stores the waker (the worker's; the same for every activation).
     pub fn set(&self, w: Waker) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        *sync::lock(&self.0) = Some(w);
     }
 
     /// Asks the worker to call `wake()` (nothing before the first activation).
     pub fn wake(&self) {
-        if let Some(w) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(w) = sync::lock(&self.0).as_ref() {
             w.wake();
         }
     }
