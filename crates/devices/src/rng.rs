@@ -45,7 +45,7 @@ fn fill_random(buf: &mut [u8]) -> Result<(), DeviceError> {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(DeviceError::Backend(format!("getrandom: {e}")));
+            return Err(DeviceError::backend("getrandom")(e));
         }
         done += n as usize;
     }

@@ -42,7 +42,7 @@ fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
             )
         }
         DeviceCmd::Blk { blk, .. } => {
-            let dev = BlkDevice::open(&blk.options())?;
+            let dev = BlkDevice::open(&blk.options()).map_err(|e| e.to_string())?;
             log::info!(
                 "blk: image {} ({} bytes{}), engine {}",
                 blk.image.display(),

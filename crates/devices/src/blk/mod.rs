@@ -28,6 +28,7 @@
 
 pub mod config;
 pub mod engine;
+mod error;
 pub mod image;
 pub mod io;
 pub mod pool;
@@ -40,6 +41,9 @@ mod tests;
 use config::BlkParams;
 use engine::{Engine, EngineKind};
 use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
+pub use error::{
+    check_queue_size, check_queues, check_serial, check_threads, BlkError, ImageError,
+};
 use image::{Image, ImageOptions};
 use request::{Completion, Kind, Limits, Parsed};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,10 +51,17 @@ use std::sync::Arc;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-/// Default (and maximum offered) size of each request queue.
+/// Default size of each request queue.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Smallest request queue: a header, one data segment and the status descriptor fit it.
+pub const MIN_QUEUE_SIZE: u16 = 4;
+/// Largest request queue (QEMU's limit for its virtio devices, VIRTQUEUE_MAX_SIZE): the
+/// engines size their submission rings and head tables by queues x queue size.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Most request queues the device offers.
 pub const MAX_QUEUES: u16 = 64;
+/// Most I/O threads of the thread-pool engine.
+pub const MAX_THREADS: usize = 256;
 /// Requests taken from one queue in one go, in units of the queue size.
 pub const QUEUE_BUDGET: usize = 4;
 /// Length of the GET_ID identifier.
@@ -199,31 +210,17 @@ impl InFlight {
 }
 
 impl BlkDevice {
-    /// Opens the image and starts the I/O engine. Errors are one line, meant for the
-    /// operator; the image is not modified.
-    pub fn open(opts: &BlkOptions) -> Result<BlkDevice, String> {
+    /// Checks the options, opens the image and starts the I/O engine. Errors are one line,
+    /// meant for the operator; the image is not modified.
+    pub fn open(opts: &BlkOptions) -> Result<BlkDevice, BlkError> {
         let mut id = [0u8; ID_BYTES];
         if let Some(s) = &opts.serial {
-            if s.len() > ID_BYTES {
-                return Err(format!(
-                    "serial `{s}` is {} bytes long, at most {ID_BYTES} fit",
-                    s.len()
-                ));
-            }
+            check_serial(s)?;
             id[..s.len()].copy_from_slice(s.as_bytes());
         }
-        if opts.num_queues == 0 || opts.num_queues > MAX_QUEUES {
-            return Err(format!(
-                "--queues {} is not in 1..={MAX_QUEUES}",
-                opts.num_queues
-            ));
-        }
-        if !opts.queue_size.is_power_of_two() || opts.queue_size < 4 {
-            return Err(format!(
-                "queue size {} is not a power of two >= 4",
-                opts.queue_size
-            ));
-        }
+        check_queues(opts.num_queues)?;
+        check_queue_size(opts.queue_size)?;
+        check_threads(opts.threads)?;
         let image = Arc::new(image::open(&opts.image)?);
         let params = BlkParams::new(&image, opts.num_queues, opts.queue_size);
         let (engine, engine_kind) = start_engine(&image, opts)?;
@@ -377,11 +374,11 @@ impl BlkDevice {
 fn start_engine(
     image: &Arc<Image>,
     opts: &BlkOptions,
-) -> Result<(Box<dyn Engine>, EngineKind), String> {
+) -> Result<(Box<dyn Engine>, EngineKind), BlkError> {
     let threads = || {
         pool::PoolEngine::new(image.clone(), opts.threads)
             .map(|e| (Box::new(e) as Box<dyn Engine>, EngineKind::Threads))
-            .map_err(|e| format!("cannot start the I/O threads: {e}"))
+            .map_err(BlkError::Pool)
     };
     match opts.engine {
         EngineKind::Threads => threads(),

@@ -39,7 +39,9 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-pub use config::{check_mtu, NetOptions, DEFAULT_QUEUE_SIZE, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU};
+pub use config::{
+    check_mtu, NetOptions, OptionsError, DEFAULT_QUEUE_SIZE, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU,
+};
 pub use device::{NetDevice, NetError};
 pub use mac::{MacAddr, MacError};
 pub use stats::{NetCounters, PairCounters};
