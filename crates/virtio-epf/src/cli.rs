@@ -1,6 +1,7 @@
 //! Command-line interface: one subcommand per device, common link and operator options.
 
 use clap::{Args, Parser, Subcommand};
+use epf_virtio_pci::{FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess};
 use std::path::PathBuf;
 
 /// Serve a virtio device from a PCIe endpoint. The host binds its stock virtio drivers.
@@ -48,25 +49,21 @@ pub struct Common {
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Endpoint mode")]
 pub struct EndpointArgs {
-    /// Register layout: `modern` (virtio 1.x, five vendor capabilities) or `legacy`
-    /// (virtio 0.9.5 registers, transitional PCI IDs) for controllers that cannot add
-    /// vendor capabilities.
-    #[arg(long, default_value = "modern", value_parser = ["modern", "legacy"])]
-    pub layout: String,
-    /// `trap`: each register access is answered synchronously. `poll`: registers are plain
-    /// shared memory the endpoint polls (zero trapped accesses; legacy layout only).
-    #[arg(long, default_value = "trap", value_parser = ["trap", "poll"])]
-    pub registers: String,
-    /// `doorbell`: a host write to the notify area raises an event. `poll`: the endpoint
-    /// polls for notifications with adaptive back-off (needs --registers poll). Default:
-    /// `poll` with --registers poll, `doorbell` otherwise.
-    #[arg(long, value_parser = ["doorbell", "poll"])]
-    pub notify: Option<String>,
-    /// Interrupts towards the host: `msix` or `intx`. `msi` is refused with the reason: the
-    /// virtio PCI transport has only MSI-X vectors, and Linux's virtio_pci falls back from
-    /// MSI-X to INTx, never to MSI.
-    #[arg(long, default_value = "msix", value_parser = ["msix", "msi", "intx"])]
-    pub irq: String,
+    /// Register layout.
+    #[arg(long, value_enum, default_value_t = Layout::Modern)]
+    pub layout: Layout,
+    /// How register accesses reach the endpoint.
+    #[arg(long, value_enum, default_value_t = RegisterAccess::Trap)]
+    pub registers: RegisterAccess,
+    /// How queue notifications reach the endpoint [default: poll with --registers poll,
+    /// doorbell otherwise].
+    #[arg(long, value_enum)]
+    pub notify: Option<NotifyMode>,
+    /// Interrupts towards the host (msi is refused with the reason: the virtio PCI transport
+    /// has only MSI-X vectors, and Linux's virtio_pci falls back from MSI-X to INTx, never
+    /// to MSI).
+    #[arg(long, value_enum, default_value_t = IrqMode::Msix)]
+    pub irq: IrqMode,
     /// Reach host memory through at most N outbound windows at a time (mapped on demand,
     /// LRU); 0 means unlimited.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -78,30 +75,12 @@ pub struct EndpointArgs {
 
 impl EndpointArgs {
     /// The function options these arguments select.
-    pub fn function_options(&self) -> epf_virtio_pci::FunctionOptions {
-        use epf_virtio_pci::{IrqMode, Layout, NotifyMode, RegisterAccess};
-        epf_virtio_pci::FunctionOptions {
-            layout: if self.layout == "legacy" {
-                Layout::Legacy
-            } else {
-                Layout::Modern
-            },
-            registers: if self.registers == "poll" {
-                RegisterAccess::Poll
-            } else {
-                RegisterAccess::Trap
-            },
-            notify: match self.notify.as_deref() {
-                Some("poll") => NotifyMode::Poll,
-                Some(_) => NotifyMode::Doorbell,
-                None if self.registers == "poll" => NotifyMode::Poll,
-                None => NotifyMode::Doorbell,
-            },
-            irq: match self.irq.as_str() {
-                "msi" => IrqMode::Msi,
-                "intx" => IrqMode::Intx,
-                _ => IrqMode::Msix,
-            },
+    pub fn function_options(&self) -> FunctionOptions {
+        FunctionOptions {
+            layout: self.layout,
+            registers: self.registers,
+            notify: self.notify.unwrap_or(NotifyMode::natural(self.registers)),
+            irq: self.irq,
         }
     }
 }

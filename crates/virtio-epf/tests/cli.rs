@@ -103,10 +103,13 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
             &["--layout", "legacy", "--registers", "poll", "--irq", "intx"],
             "ISR register to clear on read",
         ),
-        (&["--irq", "msi"], "must use --irq intx"),
+        (
+            &["--irq", "msi"],
+            "a controller with only MSI must use INTx",
+        ),
         (
             &["--notify", "poll"],
-            "--notify poll is implemented for the legacy layout",
+            "polled notifications are implemented for the legacy layout",
         ),
     ] {
         let mut all = vec!["rng", "--vfio-user", sock];

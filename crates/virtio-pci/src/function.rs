@@ -11,7 +11,7 @@ use crate::layout::{ModernLayout, Region, REGS_BAR};
 use crate::legacy_cfg::{self, LegacyRead, LegacyWrite};
 use crate::legacy_layout::{self, LegacyLayout};
 use crate::legacy_poll::{LegacyPollEngine, PollStats};
-use crate::options::{FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess};
+use crate::options::{FunctionOptions, IrqMode, Layout, OptionsError, RegisterAccess};
 use crate::pci_cfg_window::{PciCfgWindow, WindowAccess};
 use crate::poller::Poller;
 use crate::registers::Registers;
@@ -20,7 +20,8 @@ use crate::stats::FunctionStats;
 use crate::worker::WorkerHandle;
 use epf_device::{DeviceConfig, VirtioDevice};
 use epf_epc::sync;
-use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler};
+use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler, HostMemError};
+use epf_virtqueue::{check_queue_size, QueueSizeError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use thiserror::Error;
@@ -31,17 +32,26 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 pub const TRANSPORT_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
+/// Most queues a function has.
+const MAX_QUEUES: usize = 1024;
+
 /// Why a function could not be created.
 #[derive(Debug, Error)]
 pub enum FunctionError {
     #[error("the endpoint controller cannot host this function: {0}")]
     Controller(#[from] EpcError),
-    #[error("{0}")]
-    Options(String),
-    #[error("device declares {0} queues (1..=1024 supported)")]
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error("device declares {0} queues (1..={MAX_QUEUES} supported)")]
     QueueCount(usize),
-    #[error("queue {0} maximum size {1} is not a power of two in 1..=32768")]
-    QueueSize(usize, u16),
+    #[error("queue {queue}: {error}")]
+    QueueSize {
+        queue: usize,
+        #[source]
+        error: QueueSizeError,
+    },
+    #[error("cannot prepare the polled register page: {0}")]
+    RegisterPage(#[source] HostMemError),
     #[error("cannot start the device worker: {0}")]
     Worker(#[from] std::io::Error),
 }
@@ -67,45 +77,6 @@ pub struct VirtioPciFunction {
     poller: OnceLock<Poller>,
 }
 
-fn check_options(o: &FunctionOptions, f: &epf_epc::EpcFeatures) -> Result<(), FunctionError> {
-    let err = |m: &str| Err(FunctionError::Options(m.to_string()));
-    match (o.layout, o.registers) {
-        (Layout::Modern, RegisterAccess::Poll) => {
-            return err("the modern layout cannot be polled: the host reads device_feature, queue_size and the other selector registers right after writing the selector, which only a trap can answer; use --layout legacy with --registers poll")
-        }
-        (Layout::Modern, _) if !f.vendor_capabilities => {
-            return err("this controller cannot add vendor capabilities, which the modern layout needs; use --layout legacy")
-        }
-        (_, RegisterAccess::Trap) if !f.trapped_access => {
-            return err("this controller cannot trap register accesses; use --registers poll (with --layout legacy)")
-        }
-        (_, RegisterAccess::Poll) if !f.shared_memory => {
-            return err("this controller cannot share BAR memory for polling")
-        }
-        _ => {}
-    }
-    if o.layout == Layout::Legacy && o.registers == RegisterAccess::Poll {
-        if o.notify == NotifyMode::Doorbell {
-            return err("--notify doorbell needs a doorbell at QUEUE_NOTIFY, which the legacy layout keeps inside the polled register page; use --notify poll (or --registers trap)");
-        }
-        if o.irq == IrqMode::Intx {
-            return err("--irq intx needs the ISR register to clear on read, which polled memory cannot do; use --irq msix or --registers trap");
-        }
-    }
-    if o.layout == Layout::Modern && o.notify == NotifyMode::Poll {
-        return err("--notify poll is implemented for the legacy layout (--layout legacy --registers poll); the modern layout uses a doorbell or trapped notify area");
-    }
-    match o.irq {
-        IrqMode::Msix if f.irq.msix_vectors == 0 => err("this controller has no MSI-X; use --irq intx"),
-        // The virtio PCI transport has vectors only for MSI-X (msix_config, queue_msix_vector)
-        // and Linux's virtio_pci asks for MSI-X alone (vp_request_msix_vectors: PCI_IRQ_MSIX)
-        // before falling back to INTx: a plain MSI capability would never be enabled.
-        IrqMode::Msi => err("the virtio PCI transport has no MSI (only MSI-X vectors), and Linux's virtio_pci uses MSI-X or else INTx; a controller with only MSI must use --irq intx"),
-        IrqMode::Intx if !f.irq.intx => err("this controller has no INTx"),
-        _ => Ok(()),
-    }
-}
-
 impl VirtioPciFunction {
     /// Lays out `device` as a modern virtio-pci function on `epc` (trapped registers,
     /// MSI-X), starts its worker and presents it to the host.
@@ -123,17 +94,13 @@ impl VirtioPciFunction {
         options: FunctionOptions,
     ) -> Result<Arc<Self>, FunctionError> {
         let features = epc.features();
-        check_options(&options, &features)?;
+        options.check(&features)?;
         let mut sizes = device.queue_max_sizes();
-        if sizes.is_empty() || sizes.len() > 1024 {
+        if sizes.is_empty() || sizes.len() > MAX_QUEUES {
             return Err(FunctionError::QueueCount(sizes.len()));
         }
-        if let Some((i, &s)) = sizes
-            .iter()
-            .enumerate()
-            .find(|(_, &s)| !s.is_power_of_two() || s > 32768)
-        {
-            return Err(FunctionError::QueueSize(i, s));
+        for (queue, &s) in sizes.iter().enumerate() {
+            check_queue_size(s).map_err(|error| FunctionError::QueueSize { queue, error })?;
         }
         let device_type = device.device_type();
         let config = DeviceConfig::new(device.initial_config());
@@ -170,11 +137,9 @@ impl VirtioPciFunction {
                     msix_vectors: vectors,
                     registers: options.registers,
                 };
-                let spec = layout.function_spec(device_type).ok_or_else(|| {
-                    FunctionError::Options(format!(
-                        "virtio device type {device_type} has no transitional PCI ID, so no legacy layout"
-                    ))
-                })?;
+                let spec = layout
+                    .function_spec(device_type)
+                    .ok_or(OptionsError::NoTransitionalId(device_type))?;
                 let regs = Registers::new_legacy(offered, &sizes, vectors);
                 (Transport::Legacy, spec, regs)
             }
@@ -209,9 +174,7 @@ impl VirtioPciFunction {
             let mut engine =
                 LegacyPollEngine::new((offered & 0xffff_ffff) as u32, num_queues, sizes[0]);
             // Before the host can look: what it reads must already be there.
-            engine
-                .prime(&page)
-                .map_err(|e| FunctionError::Options(e.to_string()))?;
+            engine.prime(&page).map_err(FunctionError::RegisterPage)?;
             let poller = Poller::start(f.dispatch.clone(), page, engine, options.irq)?;
             let _ = f.poller.set(poller);
         }
