@@ -16,12 +16,14 @@ mod waker;
 
 pub use config::DeviceConfig;
 pub use context::DeviceContext;
+pub use epf_epc::{CounterSource, Counters};
 pub use epf_virtqueue::{
     check_queue_size, ChainReader, ChainWriter, DescriptorChain, Queue, QueueError, QueueSizeError,
     MAX_QUEUE_SIZE,
 };
 pub use waker::Waker;
 
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a device gave up on its current driver.
@@ -96,9 +98,12 @@ pub trait VirtioDevice: Send + 'static {
     /// already gone). The device must be ready for a new negotiation when this returns.
     fn reset(&mut self);
 
-    /// A one-line summary of device-specific counters, for operators (optional).
-    fn stats(&self) -> String {
-        String::new()
+    /// The device's counters, for operators (optional). Called once, when the function
+    /// starts; the transport reports them with its own counters (`--stats-file`, SIGUSR1)
+    /// from another thread while the device runs, so they are shared (typically atomics the
+    /// device bumps with relaxed ordering), never a view into the device itself.
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        None
     }
 }
 

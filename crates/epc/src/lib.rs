@@ -20,6 +20,7 @@
 mod bar;
 mod config_space;
 mod controller;
+pub mod counters;
 mod error;
 pub mod fault_guard;
 mod header;
@@ -37,6 +38,7 @@ pub use config_space::{
 pub use controller::{
     EndpointController, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess, MsixSpec,
 };
+pub use counters::{CounterSource, Counters};
 pub use error::{EpcError, HostMemError};
 pub use header::PciHeader;
 pub use host_memory::{region_offset, HostMemory, IN_PLACE_MAX_RANGES};

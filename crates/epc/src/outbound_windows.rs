@@ -8,6 +8,7 @@
 //! its counters (maps, unmaps, hits, misses) are the point; the data path is the inner memory.
 //! [`WindowLimited`] applies it to a whole controller.
 
+use crate::counters::{CounterSource, Counters};
 use crate::sync;
 use crate::{
     EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess,
@@ -276,6 +277,19 @@ impl EndpointController for WindowLimited {
 
     fn msix_enabled(&self) -> bool {
         self.inner.msix_enabled()
+    }
+}
+
+/// `windows: mapped=.. maps=.. unmaps=.. hits=.. misses=..`.
+impl CounterSource for OutboundWindows {
+    fn report(&self, out: &mut Counters) {
+        let s = self.stats();
+        out.line("windows")
+            .field("mapped", self.mapped())
+            .field("maps", s.maps)
+            .field("unmaps", s.unmaps)
+            .field("hits", s.hits)
+            .field("misses", s.misses);
     }
 }
 

@@ -9,6 +9,7 @@
 //! recently used first.
 
 use crate::device::EpfDevice;
+use epf_epc::counters::Line;
 use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, SharedMemory};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,8 +31,8 @@ pub struct HostMemStats {
 
 impl HostMemStats {
     /// `name value` lines.
-    pub fn format(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Adds the counters as fields of `line`.
+    pub fn fields(&self, line: &mut Line<'_>) {
         for (n, v) in [
             ("window_maps", &self.window_maps),
             ("window_unmaps", &self.window_unmaps),
@@ -43,7 +44,7 @@ impl HostMemStats {
             ("dma_bytes", &self.dma_bytes),
             ("dma_errors", &self.dma_errors),
         ] {
-            let _ = writeln!(out, "epf.{n} {}", v.load(Ordering::Relaxed));
+            line.field(n, v.load(Ordering::Relaxed));
         }
     }
 }

@@ -12,7 +12,7 @@ use epf_device::VirtioDevice;
 use epf_devices::blk::BlkDevice;
 use epf_devices::console::{Backend, DEFAULT_PIPE_BYTES};
 use epf_devices::{ConsoleDevice, RngDevice};
-use epf_epc::{EndpointController, OutboundWindows, WindowLimited};
+use epf_epc::{CounterSource, Counters, EndpointController, OutboundWindows, WindowLimited};
 use epf_linux_epf::{EpfController, EpfOptions, LinuxEpfController};
 use epf_vfio_user::VfioUserController;
 use epf_virtio_pci::{FunctionOptions, Layout, NotifyMode, RegisterAccess, VirtioPciFunction};
@@ -21,11 +21,8 @@ use signal_hook::iterator::Signals;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// One line of device-specific counters, for devices that export them (blk).
-static DEVICE_STATS: OnceLock<Box<dyn Fn() -> String + Send + Sync>> = OnceLock::new();
 
 fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
     Ok(match cmd {
@@ -50,84 +47,36 @@ fn build_device(cmd: &DeviceCmd) -> Result<Box<dyn VirtioDevice>, String> {
                 if blk.read_only { ", read-only" } else { "" },
                 dev.engine_kind()
             );
-            let stats = dev.stats_handle();
-            let _ = DEVICE_STATS.set(Box::new(move || stats.summary()));
             Box::new(dev)
         }
         DeviceCmd::Net { net, .. } => {
             let dev =
                 epf_devices::net::NetDevice::new(&net.options()?).map_err(|e| e.to_string())?;
-            let stats = dev.counters();
-            let _ = DEVICE_STATS.set(Box::new(move || stats.summary().trim_end().to_string()));
             Box::new(dev)
         }
     })
 }
 
-/// The controller a function is served on.
+/// What is served: the function, the controller it is served on, and the outbound windows
+/// when `--host-windows` limits them. Their counters are the operator's view.
 #[derive(Clone)]
-enum Link {
-    VfioUser(Arc<VfioUserController>),
-    Epf(EpfController),
+struct Served {
+    function: Arc<VirtioPciFunction>,
+    link: Arc<dyn CounterSource>,
+    windows: Option<Arc<OutboundWindows>>,
 }
 
-impl Link {
-    fn stats(&self) -> String {
-        match self {
-            Link::VfioUser(c) => vfio_user_stats(c),
-            Link::Epf(c) => c.0.stats_text(),
+impl Served {
+    /// Every counter, in one format: the function's (with the poller's and the device's),
+    /// the link's, the windows'.
+    fn counters(&self) -> String {
+        let mut c = Counters::new();
+        c.add(self.function.as_ref()).add(self.link.as_ref());
+        if let Some(w) = &self.windows {
+            c.add(w.as_ref());
         }
+        c.into_text()
     }
-}
-
-/// Operator view: the function's counters plus the link's.
-fn stats_text(f: &VirtioPciFunction, link: &Link) -> String {
-    f.stats().summary()
-        + &link.stats()
-        + &endpoint_stats(f)
-        + &DEVICE_STATS.get().map(|f| f() + "\n").unwrap_or_default()
-}
-
-fn vfio_user_stats(c: &VfioUserController) -> String {
-    let s = c.stats();
-    format!(
-        "link: clients={} trapped_reads={} trapped_writes={} doorbells={} dma_maps={} dma_unmaps={} irqs={} protocol_errors={}\n",
-        s.clients,
-        s.trapped_reads,
-        s.trapped_writes,
-        s.doorbells,
-        s.dma_maps,
-        s.dma_unmaps,
-        s.irqs_raised,
-        s.protocol_errors
-    )
-}
-
-/// The outbound windows, when `--host-windows` limits them.
-static WINDOWS: OnceLock<Arc<OutboundWindows>> = OnceLock::new();
-
-/// Counters of the endpoint-mode machinery: outbound windows and the polled register engine.
-fn endpoint_stats(f: &VirtioPciFunction) -> String {
-    let mut out = String::new();
-    if let Some(w) = WINDOWS.get() {
-        let s = w.stats();
-        out += &format!(
-            "windows: mapped={} maps={} unmaps={} hits={} misses={}\n",
-            w.mapped(),
-            s.maps,
-            s.unmaps,
-            s.hits,
-            s.misses
-        );
-    }
-    if f.options().registers == epf_virtio_pci::RegisterAccess::Poll {
-        let p = f.poll_stats();
-        out += &format!(
-            "poll: passes={} pfns={} resets={} inferred_resets={} activations={} notifies={} uncertain_vectors={} order_violations={} restarts={}\n",
-            p.passes, p.pfns, p.resets, p.inferred_resets, p.activations, p.notifies, p.uncertain_vectors, p.order_violations, p.restarts
-        );
-    }
-    out
 }
 
 fn write_stats_file(path: &Path, text: &str) {
@@ -157,13 +106,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let device = build_device(&cli.device)?;
     let controller = VfioUserController::new(&socket).map_err(|e| e.to_string())?;
     let mode = &common.endpoint;
+    let mut windows = None;
     let epc: Arc<dyn EndpointController> = if mode.host_windows > 0 {
         let w = WindowLimited::new(controller.clone(), mode.host_windows, mode.window_size)
             .map_err(|e| {
                 controller.shutdown();
                 e.to_string()
             })?;
-        let _ = WINDOWS.set(w.windows().clone());
+        windows = Some(w.windows().clone());
         Arc::new(w)
     } else {
         controller.clone()
@@ -182,15 +132,14 @@ fn run(cli: Cli) -> Result<(), String> {
         socket.display()
     );
 
+    let served = Served {
+        function: function.clone(),
+        link: controller.clone(),
+        windows,
+    };
     let done = Arc::new(AtomicBool::new(false));
-    spawn_stats_file(
-        common,
-        &function,
-        &Link::VfioUser(controller.clone()),
-        &done,
-    )?;
-
-    serve_until_signalled(&function, &Link::VfioUser(controller.clone()))?;
+    spawn_stats_file(common, &served, &done)?;
+    serve_until_signalled(&served)?;
     done.store(true, Ordering::Release);
     controller.shutdown();
     match server.join() {
@@ -200,7 +149,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     function.stop();
     if let Some(path) = &common.stats_file {
-        write_stats_file(path, &stats_text(&function, &Link::VfioUser(controller)));
+        write_stats_file(path, &served.counters());
     }
     Ok(())
 }
@@ -208,19 +157,18 @@ fn run(cli: Cli) -> Result<(), String> {
 /// Writes the counters to `--stats-file` every 500 ms until `done`.
 fn spawn_stats_file(
     common: &cli::Common,
-    function: &Arc<VirtioPciFunction>,
-    link: &Link,
+    served: &Served,
     done: &Arc<AtomicBool>,
 ) -> Result<(), String> {
     let Some(path) = common.stats_file.clone() else {
         return Ok(());
     };
-    let (f, l, done) = (function.clone(), link.clone(), done.clone());
+    let (served, done) = (served.clone(), done.clone());
     std::thread::Builder::new()
         .name("stats".into())
         .spawn(move || {
             while !done.load(Ordering::Acquire) {
-                write_stats_file(&path, &stats_text(&f, &l));
+                write_stats_file(&path, &served.counters());
                 std::thread::sleep(Duration::from_millis(500));
             }
         })
@@ -229,12 +177,12 @@ fn spawn_stats_file(
 }
 
 /// Prints the counters on SIGUSR1; returns on SIGINT or SIGTERM.
-fn serve_until_signalled(function: &VirtioPciFunction, link: &Link) -> Result<(), String> {
+fn serve_until_signalled(served: &Served) -> Result<(), String> {
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1])
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     for sig in signals.forever() {
         match sig {
-            SIGUSR1 => eprint!("{}", stats_text(function, link)),
+            SIGUSR1 => eprint!("{}", served.counters()),
             _ => {
                 log::info!("signal {sig}: shutting down");
                 break;
@@ -277,14 +225,18 @@ fn run_epf(cli: &Cli, name: &str) -> Result<(), String> {
         "serving virtio device type {} on pci_epf_user function {name}",
         function.device_type()
     );
-    let link = Link::Epf(epc);
+    let served = Served {
+        function: function.clone(),
+        link: epc.0.clone(),
+        windows: None,
+    };
     let done = Arc::new(AtomicBool::new(false));
-    spawn_stats_file(common, &function, &link, &done)?;
-    serve_until_signalled(&function, &link)?;
+    spawn_stats_file(common, &served, &done)?;
+    serve_until_signalled(&served)?;
     done.store(true, Ordering::Release);
     function.stop();
     if let Some(path) = &common.stats_file {
-        write_stats_file(path, &stats_text(&function, &link));
+        write_stats_file(path, &served.counters());
     }
     Ok(())
 }

@@ -129,3 +129,87 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A daemon serving `args` (no host connects) with `--stats-file`, and the file's text once
+/// it has the device's line; then SIGUSR1 must print the same lines on stderr, and SIGTERM
+/// end it cleanly.
+fn counters_of(sub: &str, device_line: &str, extra: &[&str]) -> (String, String) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-{sub}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ep.sock");
+    let stats = dir.join("ep.stats");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtio-epf"))
+        .args([sub, "--vfio-user", sock.to_str().unwrap()])
+        .args(["--stats-file", stats.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start virtio-epf");
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&stats).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with(device_line)) {
+            break text;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("no `{device_line}` line in {}:\n{text}", stats.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!sock.exists(), "socket left behind");
+    let printed = stderr(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (text, printed)
+}
+
+/// `key=value` of the line starting with `line`.
+fn field<'a>(text: &'a str, line: &str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(line))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn stats_file_and_sigusr1_show_the_device_counters() {
+    let (text, printed) = counters_of("rng", "rng:", &[]);
+    assert_eq!(field(&text, "rng:", "bytes"), Some("0"), "{text}");
+    assert_eq!(field(&text, "rng:", "requests"), Some("0"), "{text}");
+    for (line, key) in [
+        ("function:", "activations"),
+        ("queue 0:", "chains"),
+        ("link:", "clients"),
+    ] {
+        assert_eq!(field(&text, line, key), Some("0"), "{line} {key}:\n{text}");
+    }
+    for line in ["function:", "queue 0:", "link:", "rng:"] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(line)),
+            "SIGUSR1 printed no `{line}` line:\n{printed}"
+        );
+    }
+
+    let backend = std::env::temp_dir().join(format!("virtio-epf-cli-con-{}", std::process::id()));
+    let spec = format!("unix:{}", backend.display());
+    let (text, printed) = counters_of("console", "console:", &["--backend", &spec]);
+    for key in ["to_backend", "to_host", "pending_out", "pending_in"] {
+        assert_eq!(field(&text, "console:", key), Some("0"), "{key}:\n{text}");
+    }
+    assert!(field(&text, "queue 1:", "bytes").is_some(), "{text}");
+    assert!(
+        printed.lines().any(|l| l.starts_with("console:")),
+        "{printed}"
+    );
+    let _ = std::fs::remove_file(&backend);
+}

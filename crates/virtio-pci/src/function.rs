@@ -20,7 +20,10 @@ use crate::stats::FunctionStats;
 use crate::worker::WorkerHandle;
 use epf_device::{DeviceConfig, VirtioDevice};
 use epf_epc::sync;
-use epf_epc::{capability_offsets, EndpointController, EpcError, FunctionHandler, HostMemError};
+use epf_epc::{
+    capability_offsets, CounterSource, Counters, EndpointController, EpcError, FunctionHandler,
+    HostMemError,
+};
 use epf_virtqueue::{check_queue_size, QueueSizeError};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -75,6 +78,8 @@ pub struct VirtioPciFunction {
     device_type: u32,
     /// The poller, with polled registers.
     poller: OnceLock<Poller>,
+    /// The device's own counters, if it has any.
+    device_stats: Option<Arc<dyn CounterSource>>,
 }
 
 impl VirtioPciFunction {
@@ -103,6 +108,7 @@ impl VirtioPciFunction {
             check_queue_size(s).map_err(|error| FunctionError::QueueSize { queue, error })?;
         }
         let device_type = device.device_type();
+        let device_stats = device.stats();
         let config = DeviceConfig::new(device.initial_config());
         let offered = device.device_features() | TRANSPORT_FEATURES;
         let num_queues = sizes.len() as u16;
@@ -165,6 +171,7 @@ impl VirtioPciFunction {
             options,
             device_type,
             poller: OnceLock::new(),
+            device_stats,
         });
         epc.start(spec, f.clone())?;
         if options.layout == Layout::Legacy && options.registers == RegisterAccess::Poll {
@@ -191,7 +198,7 @@ impl VirtioPciFunction {
         self.options
     }
 
-    /// Live counters.
+    /// Live counters of the transport (the device's are in [`report`](CounterSource::report)).
     pub fn stats(&self) -> &FunctionStats {
         &self.shared.stats
     }
@@ -272,6 +279,19 @@ impl VirtioPciFunction {
                 "ignored legacy register write of {} bytes at {offset:#x}",
                 data.len()
             ),
+        }
+    }
+}
+
+/// The function's counters, then the poller's (with polled registers), then the device's.
+impl CounterSource for VirtioPciFunction {
+    fn report(&self, out: &mut Counters) {
+        out.add(&self.shared.stats);
+        if let Some(p) = self.poller.get() {
+            out.add(&p.stats());
+        }
+        if let Some(d) = &self.device_stats {
+            out.add(d.as_ref());
         }
     }
 }

@@ -40,14 +40,16 @@ mod tests;
 
 use config::BlkParams;
 use engine::{Engine, EngineKind};
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
+use epf_device::{
+    CounterSource, Counters, DescriptorChain, DeviceContext, DeviceError, VirtioDevice,
+};
 pub use error::{
     check_queue_size, check_queues, check_serial, check_threads, BlkError, ImageError,
 };
 use image::{Image, ImageOptions};
 use request::{Completion, Kind, Limits, Parsed};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
@@ -114,6 +116,8 @@ pub struct BlkStats {
     /// Requests handed to the engine, and those it completed.
     pub submitted: AtomicU64,
     pub completed: AtomicU64,
+    /// The engine in use, once started.
+    pub engine: OnceLock<EngineKind>,
 }
 
 impl BlkStats {
@@ -139,24 +143,31 @@ impl BlkStats {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// One line for operators.
-    pub fn summary(&self) -> String {
+/// `blk: reads=.. writes=.. flushes=.. discards=.. write_zeroes=.. get_ids=.. unsupported=..
+/// errors=.. bytes_read=.. bytes_written=.. in_flight=.. engine=..`.
+impl CounterSource for BlkStats {
+    fn report(&self, out: &mut Counters) {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "blk: reads={} writes={} flushes={} discards={} write_zeroes={} get_ids={} unsupported={} errors={} bytes_read={} bytes_written={} in_flight={}",
-            g(&self.reads),
-            g(&self.writes),
-            g(&self.flushes),
-            g(&self.discards),
-            g(&self.write_zeroes),
-            g(&self.get_ids),
-            g(&self.unsupported),
-            g(&self.errors),
-            g(&self.bytes_read),
-            g(&self.bytes_written),
-            g(&self.submitted).saturating_sub(g(&self.completed))
-        )
+        let mut line = out.line("blk");
+        line.field("reads", g(&self.reads))
+            .field("writes", g(&self.writes))
+            .field("flushes", g(&self.flushes))
+            .field("discards", g(&self.discards))
+            .field("write_zeroes", g(&self.write_zeroes))
+            .field("get_ids", g(&self.get_ids))
+            .field("unsupported", g(&self.unsupported))
+            .field("errors", g(&self.errors))
+            .field("bytes_read", g(&self.bytes_read))
+            .field("bytes_written", g(&self.bytes_written))
+            .field(
+                "in_flight",
+                g(&self.submitted).saturating_sub(g(&self.completed)),
+            );
+        if let Some(e) = self.engine.get() {
+            line.field("engine", e);
+        }
     }
 }
 
@@ -231,6 +242,8 @@ impl BlkDevice {
             discard: false,
             write_zeroes: false,
         };
+        let stats = Arc::new(BlkStats::default());
+        let _ = stats.engine.set(engine_kind);
         Ok(BlkDevice {
             image,
             params,
@@ -240,7 +253,7 @@ impl BlkDevice {
             chain: DescriptorChain::default(),
             completions: Vec::new(),
             limits,
-            stats: Arc::new(BlkStats::default()),
+            stats,
             pending: 0,
             in_flight: vec![InFlight::default(); usize::from(opts.num_queues)],
         })
@@ -449,13 +462,8 @@ impl VirtioDevice for BlkDevice {
         self.limits.write_zeroes = false;
     }
 
-    fn stats(&self) -> String {
-        format!(
-            "{} engine={} in_flight={}",
-            self.stats.summary(),
-            self.engine_kind,
-            self.engine.in_flight()
-        )
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.stats.clone())
     }
 }
 

@@ -27,7 +27,7 @@ use super::rx::{RxEnv, RxOutcome, RxPath};
 use super::stats::{add, NetCounters};
 use super::tap::{Tap, TapError};
 use super::tx::{TxEnv, TxOutcome, TxPath};
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice, Waker};
+use epf_device::{CounterSource, DescriptorChain, DeviceContext, DeviceError, VirtioDevice, Waker};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use thiserror::Error;
@@ -509,7 +509,7 @@ impl VirtioDevice for NetDevice {
         c.allmulti.store(false, Ordering::Relaxed);
     }
 
-    fn stats(&self) -> String {
-        self.counters.summary()
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.counters.clone())
     }
 }
