@@ -9,9 +9,13 @@
 //!
 //! Returning an error means the device cannot go on with this driver: the transport sets
 //! DEVICE_NEEDS_RESET and raises a configuration-change interrupt, as the virtio spec asks.
+//!
+//! To be served by the `virtio-epf` command a device also has a [`DeviceKind`]: its
+//! subcommand, options and IDs (docs/devices.md walks through one).
 
 mod config;
 mod context;
+mod kind;
 mod waker;
 
 pub use config::DeviceConfig;
@@ -20,6 +24,10 @@ pub use epf_epc::{CounterSource, Counters};
 pub use epf_virtqueue::{
     check_queue_size, ChainReader, ChainWriter, DescriptorChain, Queue, QueueError, QueueSizeError,
     MAX_QUEUE_SIZE,
+};
+pub use kind::{
+    parse_args, BuildError, DeviceInfo, DeviceKind, VIRTIO_PCI_MODERN_DEVICE_BASE,
+    VIRTIO_PCI_VENDOR_ID,
 };
 pub use waker::Waker;
 

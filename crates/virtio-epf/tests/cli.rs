@@ -17,7 +17,13 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn help_on_every_subcommand() {
-    for sub in [&["--help"][..], &["rng", "--help"], &["console", "--help"]] {
+    for sub in [
+        &["--help"][..],
+        &["rng", "--help"],
+        &["console", "--help"],
+        &["blk", "--help"],
+        &["net", "--help"],
+    ] {
         let o = run(sub);
         assert!(o.status.success(), "{sub:?}: {}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);
@@ -212,4 +218,58 @@ fn stats_file_and_sigusr1_show_the_device_counters() {
         "{printed}"
     );
     let _ = std::fs::remove_file(&backend);
+}
+
+/// The endpoint-mode options take only their values; a wrong one is a usage error that lists
+/// the valid ones, and `--help` lists them too.
+#[test]
+fn bad_endpoint_values_list_the_valid_ones() {
+    for (opt, values) in [
+        ("--layout", "modern, legacy"),
+        ("--registers", "trap, poll"),
+        ("--notify", "doorbell, poll"),
+        ("--irq", "msix, msi, intx"),
+    ] {
+        let o = run(&["rng", "--vfio-user", "/tmp/x.sock", opt, "bogus"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{opt}: {e}");
+        assert!(
+            e.contains(&format!("invalid value 'bogus' for '{opt} "))
+                && e.contains(&format!("[possible values: {values}]")),
+            "{opt}: {e}"
+        );
+    }
+    let o = run(&["rng", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for value in [
+        "- modern:",
+        "- legacy:",
+        "- trap:",
+        "- doorbell:",
+        "- msix:",
+        "- intx:",
+    ] {
+        assert!(help.contains(value), "--help lacks {value}:\n{help}");
+    }
+}
+
+/// Every registered device has its subcommand, with its IDs in the help.
+#[test]
+fn help_lists_every_device_with_its_ids() {
+    let o = run(&["--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for (sub, ids) in [
+        ("rng", "PCI 1af4:1044, legacy 1af4:1005"),
+        ("console", "PCI 1af4:1043, legacy 1af4:1003"),
+        ("blk", "PCI 1af4:1042, legacy 1af4:1001"),
+        ("net", "PCI 1af4:1041, legacy 1af4:1000"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(sub))
+            .unwrap_or_else(|| panic!("no {sub} in:\n{help}"));
+        assert!(line.contains(ids), "{line}");
+        let o = run(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub}: {}", stderr(&o));
+    }
 }

@@ -14,24 +14,14 @@ use epf_epc::sync;
 use std::sync::Mutex;
 
 /// Which engine to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
     /// A thread pool with blocking positional I/O.
     Threads,
-    /// io_uring, submitted and reaped by the worker thread.
+    /// io_uring, submitted and reaped by the worker thread (small requests; large ones,
+    /// flushes and discards go to the thread pool).
+    #[value(name = "io-uring", alias = "io_uring")]
     IoUring,
-}
-
-impl std::str::FromStr for EngineKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "threads" => Ok(EngineKind::Threads),
-            "io-uring" | "io_uring" => Ok(EngineKind::IoUring),
-            _ => Err(format!("expected `threads` or `io-uring`, got `{s}`")),
-        }
-    }
 }
 
 impl std::fmt::Display for EngineKind {

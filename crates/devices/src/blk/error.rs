@@ -32,9 +32,9 @@ pub enum ImageError {
     Open { path: PathBuf, source: io::Error },
     #[error("image {} is neither a regular file nor a block device", .path.display())]
     Kind { path: PathBuf },
-    #[error("image {} is read-only (mode {mode:o}): serve it read-only, or make it writable", .path.display())]
+    #[error("image {} is read-only (mode {mode:o})", .path.display())]
     WriteProtected { path: PathBuf, mode: u32 },
-    #[error("image {} is not writable ({}): serve it read-only", .path.display(), plain(.source))]
+    #[error("image {} is not writable ({})", .path.display(), plain(.source))]
     NotWritable { path: PathBuf, source: io::Error },
     #[error("image {} is in use by another process (locked)", .path.display())]
     Locked { path: PathBuf },

@@ -395,7 +395,7 @@ mod tests {
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
         let e = open(&opts(&ro, false)).unwrap_err();
         assert!(matches!(e, ImageError::WriteProtected { .. }), "{e}");
-        assert!(e.to_string().contains("serve it read-only"), "{e}");
+        assert!(e.to_string().contains("is read-only (mode 444)"), "{e}");
         let img = open(&opts(&ro, true)).unwrap();
         assert!(img.read_only());
         drop(img);

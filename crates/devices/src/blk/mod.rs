@@ -4,6 +4,7 @@
 //! * [`image`]: opening and checking the image, its geometry, discard / zeroing modes;
 //! * [`config`]: offered features and the configuration space;
 //! * [`request`]: chain parsing and validation into requests or immediate answers;
+//! * `kind`: the `blk` subcommand ([`Blk`], [`BlkArgs`]);
 //! * [`engine`]: the I/O engine interface; [`pool`] (threads + blocking I/O) and [`uring`]
 //!   (io_uring from the worker thread) implement it; [`io`]: buffers, copies and system calls
 //!   they share.
@@ -31,6 +32,7 @@ pub mod engine;
 mod error;
 pub mod image;
 pub mod io;
+mod kind;
 pub mod pool;
 pub mod request;
 pub mod uring;
@@ -47,6 +49,7 @@ pub use error::{
     check_queue_size, check_queues, check_serial, check_threads, BlkError, ImageError,
 };
 use image::{Image, ImageOptions};
+pub use kind::{Blk, BlkArgs};
 use request::{Completion, Kind, Limits, Parsed};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -5,11 +5,15 @@
 //! pipe has room (a chain that does not fit stays in the ring until the output thread drains
 //! the pipe and wakes us), and backend input waits in the input pipe — whose bound in turn
 //! stops the input thread reading — until the host posts receive buffers. Nothing is dropped.
+//!
+//! [`ConsoleDevice`] is the device; [`Console`] (in `kind`) is how the command offers it.
 
 mod backend;
+mod kind;
 mod pipe;
 
 pub use backend::Backend;
+pub use kind::{BackendArg, Console, ConsoleArgs};
 pub use pipe::Pipe;
 
 use backend::{spawn_input, spawn_output, WakerSlot};

@@ -1,5 +1,11 @@
 //! virtio-rng (virtio 1.2 section 5.4): one request queue; every device-writable buffer the
 //! driver posts is filled with bytes from the OS CSPRNG (`getrandom(2)`).
+//!
+//! [`RngDevice`] is the device; [`Rng`] (in `kind`) is how the command offers it.
+
+mod kind;
+
+pub use kind::{Rng, RngArgs};
 
 use epf_device::{
     CounterSource, Counters, DescriptorChain, DeviceContext, DeviceError, VirtioDevice,
