@@ -15,7 +15,11 @@
 //! a controller that cannot add vendor capabilities forces the legacy virtio layout).
 //!
 //! Implementations live in other crates: `epf-loopback` (an in-process host model used by the
-//! unit tests) and `epf-vfio-user` (a real Linux host in QEMU over the vfio-user protocol).
+//! unit tests), `epf-vfio-user` (a real Linux host in QEMU over the vfio-user protocol) and
+//! `epf-linux-epf` (Linux's PCI endpoint subsystem on a board).
+//!
+//! Two small things every layer shares live here too: [`counters`], the one format of the
+//! counters an operator reads, and [`sync`], the poison-tolerant lock helpers.
 
 mod bar;
 mod config_space;
