@@ -272,11 +272,6 @@ impl BlkDevice {
         self.engine_kind
     }
 
-    /// The counters (shared; they keep counting while the device runs).
-    pub fn stats_handle(&self) -> Arc<BlkStats> {
-        self.stats.clone()
-    }
-
     /// Adds the engine's completions to their used rings.
     fn complete(&mut self, ctx: &mut DeviceContext<'_>) -> Result<(), DeviceError> {
         self.engine.reap(&mut self.completions);
