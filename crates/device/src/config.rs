@@ -2,6 +2,7 @@
 //! at run time, e.g. a link status or a capacity) and the transport (which serves the host's
 //! reads and bumps `config_generation` on every change).
 
+use epf_epc::sync;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
 
@@ -24,7 +25,7 @@ impl DeviceConfig {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.bytes)
     }
 
     /// Length in bytes.

@@ -9,16 +9,29 @@
 //!
 //! Returning an error means the device cannot go on with this driver: the transport sets
 //! DEVICE_NEEDS_RESET and raises a configuration-change interrupt, as the virtio spec asks.
+//!
+//! To be served by the `virtio-epf` command a device also has a [`DeviceKind`]: its
+//! subcommand, options and IDs (docs/devices.md walks through one).
 
 mod config;
 mod context;
+mod kind;
 mod waker;
 
 pub use config::DeviceConfig;
 pub use context::DeviceContext;
-pub use epf_virtqueue::{ChainReader, ChainWriter, DescriptorChain, Queue, QueueError};
+pub use epf_epc::{CounterSource, Counters};
+pub use epf_virtqueue::{
+    check_queue_size, ChainReader, ChainWriter, DescriptorChain, Queue, QueueError, QueueSizeError,
+    MAX_QUEUE_SIZE,
+};
+pub use kind::{
+    parse_args, BuildError, DeviceInfo, DeviceKind, VIRTIO_PCI_MODERN_DEVICE_BASE,
+    VIRTIO_PCI_VENDOR_ID,
+};
 pub use waker::Waker;
 
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a device gave up on its current driver.
@@ -26,19 +39,35 @@ use thiserror::Error;
 pub enum DeviceError {
     /// The driver broke a virtqueue (malformed ring or descriptors).
     #[error("virtqueue {queue}: {error}")]
-    Queue { queue: usize, error: QueueError },
+    Queue {
+        queue: usize,
+        #[source]
+        error: QueueError,
+    },
     /// The driver broke the device protocol (e.g. a malformed request the spec says to fail on).
     #[error("protocol violation: {0}")]
     Protocol(String),
-    /// The device's backend failed irrecoverably.
-    #[error("backend: {0}")]
-    Backend(String),
+    /// The device's backend failed irrecoverably: `what` it was doing, and the system's error.
+    #[error("backend: {what}: {source}")]
+    Backend {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DeviceError {
     /// Adapter for `map_err`: a [`QueueError`] on queue `queue`.
     pub fn queue(queue: usize) -> impl FnOnce(QueueError) -> DeviceError {
         move |error| DeviceError::Queue { queue, error }
+    }
+
+    /// Adapter for `map_err`: the backend failed while doing `what`.
+    pub fn backend(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DeviceError {
+        move |source| DeviceError::Backend {
+            what: what.into(),
+            source,
+        }
     }
 }
 
@@ -77,8 +106,31 @@ pub trait VirtioDevice: Send + 'static {
     /// already gone). The device must be ready for a new negotiation when this returns.
     fn reset(&mut self);
 
-    /// A one-line summary of device-specific counters, for operators (optional).
-    fn stats(&self) -> String {
-        String::new()
+    /// The device's counters, for operators (optional). Called once, when the function
+    /// starts; the transport reports them with its own counters (`--stats-file`, SIGUSR1)
+    /// from another thread while the device runs, so they are shared (typically atomics the
+    /// device bumps with relaxed ordering), never a view into the device itself.
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn device_errors_keep_their_source() {
+        let e = DeviceError::backend("getrandom")(std::io::Error::other("no entropy"));
+        assert_eq!(e.to_string(), "backend: getrandom: no entropy");
+        let src = e.source().expect("an I/O source");
+        assert!(src.downcast_ref::<std::io::Error>().is_some());
+        let e = DeviceError::queue(3)(QueueError::BadSize { size: 3 });
+        assert_eq!(
+            e.source().and_then(|s| s.downcast_ref::<QueueError>()),
+            Some(&QueueError::BadSize { size: 3 })
+        );
+        assert!(DeviceError::Protocol("x".into()).source().is_none());
     }
 }

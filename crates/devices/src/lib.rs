@@ -1,8 +1,11 @@
-//! Ready-made virtio devices, each in its own module and each implementing
-//! [`epf_device::VirtioDevice`]:
+//! Ready-made virtio devices, each in its own module, each implementing
+//! [`epf_device::VirtioDevice`] and offered to the command through an
+//! [`epf_device::DeviceKind`] (its subcommand, options and IDs):
 //!
 //! * [`rng`]: virtio-rng (entropy source, device ID 4), fed by the OS CSPRNG;
-//! * [`console`]: virtio-console (device ID 3), one port connected to a byte stream.
+//! * [`console`]: virtio-console (device ID 3), one port connected to a byte stream;
+//! * [`blk`]: virtio-blk (device ID 2), a raw image file or block device;
+//! * [`net`]: virtio-net (device ID 1), whose wire is a TAP device on the endpoint.
 
 pub mod blk;
 pub mod console;

@@ -249,6 +249,34 @@ fn read_one_mib(features: u64, seed: u64) {
         host.bytes as f64 / (1 << 20) as f64 / secs
     );
     assert_eq!(drv.status() & NEEDS_RESET, 0);
+    // The device's counters reach the operator with the function's, through one report
+    // (the device counts a request just after completing it: wait for the last one).
+    let report = || {
+        epf_device::Counters::new()
+            .add(rig.f.as_ref())
+            .text()
+            .to_string()
+    };
+    let count = |text: &str, line: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(line))?
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let expected = |t: &str| {
+        count(t, "rng:", "bytes") == Some(host.bytes)
+            && count(t, "rng:", "requests") == Some(host.requests)
+            && count(t, "queue 0:", "chains") == Some(host.requests)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || expected(&report())),
+        "host read {} bytes in {} requests; the counters say:\n{}",
+        host.bytes,
+        host.requests,
+        report()
+    );
     rig.finish();
 }
 

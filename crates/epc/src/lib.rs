@@ -15,11 +15,16 @@
 //! a controller that cannot add vendor capabilities forces the legacy virtio layout).
 //!
 //! Implementations live in other crates: `epf-loopback` (an in-process host model used by the
-//! unit tests) and `epf-vfio-user` (a real Linux host in QEMU over the vfio-user protocol).
+//! unit tests), `epf-vfio-user` (a real Linux host in QEMU over the vfio-user protocol) and
+//! `epf-linux-epf` (Linux's PCI endpoint subsystem on a board).
+//!
+//! Two small things every layer shares live here too: [`counters`], the one format of the
+//! counters an operator reads, and [`sync`], the poison-tolerant lock helpers.
 
 mod bar;
 mod config_space;
 mod controller;
+pub mod counters;
 mod error;
 pub mod fault_guard;
 mod header;
@@ -27,6 +32,7 @@ mod host_memory;
 mod irq;
 mod outbound_windows;
 mod shared_mem;
+pub mod sync;
 
 pub use bar::{AreaKind, BarArea, BarSpec, BAR_COUNT, MIN_BAR_SIZE, PAGE_SIZE};
 pub use config_space::{
@@ -36,6 +42,7 @@ pub use config_space::{
 pub use controller::{
     EndpointController, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess, MsixSpec,
 };
+pub use counters::{CounterSource, Counters};
 pub use error::{EpcError, HostMemError};
 pub use header::PciHeader;
 pub use host_memory::{region_offset, HostMemory, IN_PLACE_MAX_RANGES};

@@ -8,6 +8,8 @@
 //! its counters (maps, unmaps, hits, misses) are the point; the data path is the inner memory.
 //! [`WindowLimited`] applies it to a whole controller.
 
+use crate::counters::{CounterSource, Counters};
+use crate::sync;
 use crate::{
     EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess,
     HostMemError, HostMemory, Irq, SharedMemory,
@@ -96,7 +98,7 @@ impl OutboundWindows {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
     /// Makes sure the window holding `addr` is mapped.
@@ -275,6 +277,19 @@ impl EndpointController for WindowLimited {
 
     fn msix_enabled(&self) -> bool {
         self.inner.msix_enabled()
+    }
+}
+
+/// `windows: mapped=.. maps=.. unmaps=.. hits=.. misses=..`.
+impl CounterSource for OutboundWindows {
+    fn report(&self, out: &mut Counters) {
+        let s = self.stats();
+        out.line("windows")
+            .field("mapped", self.mapped())
+            .field("maps", s.maps)
+            .field("unmaps", s.unmaps)
+            .field("hits", s.hits)
+            .field("misses", s.misses);
     }
 }
 

@@ -1,5 +1,6 @@
-//! The in-process fuzzing harness our fuzz tests share (issue 10's campaign). It runs on the
-//! stable toolchain, as ordinary `cargo test` tests: no libFuzzer, no nightly.
+//! The in-process fuzzing harness our fuzz tests share (the fuzzing campaign of
+//! docs/security.md). It runs on the stable toolchain, as ordinary `cargo test` tests: no
+//! libFuzzer, no nightly.
 //!
 //! * [`rng`]: a small seeded PRNG; every case has its own seed, printed when it fails, so a
 //!   failure reproduces with `VIRTIO_EPF_FUZZ_REPLAY=<seed>`;

@@ -14,6 +14,7 @@ use crate::layout::HostLayout;
 use crate::regs::*;
 use crate::state::{half, set_half, Regs};
 use crate::stats::{self, add, bump, Stats};
+use epf_epc::sync::lock;
 use epf_epc::{
     AreaKind, BarArea, BarSpec, EndpointController, EpcError, FunctionHandler, FunctionSpec,
     HostMemory, Irq, MsixSpec, PciHeader, SharedMemory, BAR_COUNT,
@@ -82,10 +83,6 @@ pub struct Link {
     aperture_size: u64,
     me: Weak<Link>,
     pub stats: Stats,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Vectors to raise in the EP VM for the events in `bits` that `mask` lets through.

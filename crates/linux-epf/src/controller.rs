@@ -13,8 +13,8 @@ use crate::device::EpfDevice;
 use crate::host_memory::{AccessPolicy, EpfHostMemory};
 use crate::uapi;
 use epf_epc::{
-    AreaKind, EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess,
-    HostMemory, Irq, IrqSupport, SharedMemory, BAR_COUNT,
+    AreaKind, CounterSource, Counters, EndpointController, EpcError, EpcFeatures, FunctionHandler,
+    FunctionSpec, HostAccess, HostMemory, Irq, IrqSupport, SharedMemory, BAR_COUNT,
 };
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,17 +148,6 @@ impl LinuxEpfController {
             msix: AtomicU64::new(u64::MAX),
             epoch: std::time::Instant::now(),
         }))
-    }
-
-    /// The host-memory counters (windows and DMA) and events, as `name value` lines.
-    pub fn stats_text(&self) -> String {
-        let mut s = String::new();
-        self.mem.stats.format(&mut s);
-        s.push_str(&format!(
-            "epf.events {}\n",
-            self.events.load(Ordering::Relaxed)
-        ));
-        s
     }
 
     fn program(
@@ -367,6 +356,16 @@ impl EndpointController for EpfController {
         let on = c.dev.irq_state().is_ok_and(|s| s.msix > 0);
         c.msix.store((now << 1) | u64::from(on), Ordering::Release);
         on
+    }
+}
+
+/// `epf: window_maps=.. ... dma_errors=.. events=..`: the host-memory paths (outbound windows
+/// and DMA) and the link events of the kernel function.
+impl CounterSource for LinuxEpfController {
+    fn report(&self, out: &mut Counters) {
+        let mut line = out.line("epf");
+        self.mem.stats.fields(&mut line);
+        line.field("events", self.events.load(Ordering::Relaxed));
     }
 }
 

@@ -9,6 +9,8 @@
 //! recently used first.
 
 use crate::device::EpfDevice;
+use epf_epc::counters::Line;
+use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, SharedMemory};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,8 +31,8 @@ pub struct HostMemStats {
 
 impl HostMemStats {
     /// `name value` lines.
-    pub fn format(&self, out: &mut String) {
-        use std::fmt::Write;
+    /// Adds the counters as fields of `line`.
+    pub fn fields(&self, line: &mut Line<'_>) {
         for (n, v) in [
             ("window_maps", &self.window_maps),
             ("window_unmaps", &self.window_unmaps),
@@ -42,7 +44,7 @@ impl HostMemStats {
             ("dma_bytes", &self.dma_bytes),
             ("dma_errors", &self.dma_errors),
         ] {
-            let _ = writeln!(out, "epf.{n} {}", v.load(Ordering::Relaxed));
+            line.field(n, v.load(Ordering::Relaxed));
         }
     }
 }
@@ -100,7 +102,7 @@ impl EpfHostMemory {
     }
 
     fn lock(&self) -> MutexGuard<'_, Windows> {
-        self.windows.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.windows)
     }
 
     /// Unmaps every window (the host went away: its addresses mean nothing now).

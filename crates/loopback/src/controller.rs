@@ -12,7 +12,7 @@ use epf_epc::{
     FunctionSpec, HostMemory, Irq, SharedMemory, BAR_COUNT,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// PCI command register offset and its INTx-disable bit.
 pub(crate) const PCI_COMMAND: usize = 0x04;
@@ -20,10 +20,6 @@ pub(crate) const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
 /// MSI-X message-control bits (in the capability's dword at +2).
 pub(crate) const MSIX_CTRL_ENABLE: u16 = 1 << 15;
 pub(crate) const MSIX_CTRL_MASKALL: u16 = 1 << 14;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A started function: its spec, handler, config space and interrupt state.
 pub(crate) struct Function {

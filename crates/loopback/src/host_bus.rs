@@ -15,9 +15,10 @@
 //!   missing BAR, or before the function is started) read as all-ones, like an
 //!   unsupported request.
 
-use crate::controller::{lock, Function, Shared, MSIX_CTRL_ENABLE, PCI_COMMAND_INTX_DISABLE};
+use crate::controller::{Function, Shared, MSIX_CTRL_ENABLE, PCI_COMMAND_INTX_DISABLE};
 use crate::stats::{Counters, LoopbackStats};
 use crate::LoopbackError;
+use epf_epc::sync::lock;
 use epf_epc::{AreaKind, BarArea, HostMemError, CONFIG_SPACE_SIZE};
 use std::ops::Range;
 use std::sync::atomic::Ordering;

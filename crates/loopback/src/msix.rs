@@ -7,9 +7,10 @@
 //! raising anything while MSI-X is disabled, or a vector beyond the table, is refused.
 
 use crate::stats::Counters;
+use epf_epc::sync::{self, lock};
 use epf_epc::EpcError;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -54,10 +55,6 @@ pub(crate) struct MsixState {
     consumed: Mutex<Vec<u64>>,
     delivered: Condvar,
     stats: Arc<Counters>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MsixState {
@@ -283,11 +280,7 @@ impl MsixState {
             if now >= deadline {
                 return false;
             }
-            consumed = self
-                .delivered
-                .wait_timeout(consumed, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            consumed = sync::wait_timeout(&self.delivered, consumed, deadline - now).0;
         }
     }
 }

@@ -8,8 +8,8 @@ use crate::session::{End, Session};
 use crate::socket::{poll2, Conn, Ready};
 use crate::stats::{bump, Counters, Stats};
 use epf_epc::{
-    EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec, HostAccess,
-    HostMemory, Irq, IrqSupport, SharedMemory,
+    CounterSource, EndpointController, EpcError, EpcFeatures, FunctionHandler, FunctionSpec,
+    HostAccess, HostMemory, Irq, IrqSupport, SharedMemory,
 };
 use std::io;
 use std::os::fd::AsRawFd;
@@ -394,5 +394,22 @@ impl EndpointController for VfioUserController {
 
     fn msix_enabled(&self) -> bool {
         self.function.get().is_some_and(|f| f.irqs().msix_enabled())
+    }
+}
+
+/// `link: clients=.. trapped_reads=.. trapped_writes=.. doorbells=.. dma_maps=.. dma_unmaps=..
+/// irqs=.. protocol_errors=..`: the link as the function's operator sees it.
+impl CounterSource for VfioUserController {
+    fn report(&self, out: &mut epf_epc::Counters) {
+        let s = self.stats();
+        out.line("link")
+            .field("clients", s.clients)
+            .field("trapped_reads", s.trapped_reads)
+            .field("trapped_writes", s.trapped_writes)
+            .field("doorbells", s.doorbells)
+            .field("dma_maps", s.dma_maps)
+            .field("dma_unmaps", s.dma_unmaps)
+            .field("irqs", s.irqs_raised)
+            .field("protocol_errors", s.protocol_errors);
     }
 }

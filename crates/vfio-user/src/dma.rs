@@ -15,6 +15,7 @@
 //! entirely or fails without touching memory. `read_u16`/`write_u16` are single-copy atomic
 //! when the address is 2-byte aligned inside one mapping.
 
+use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, SharedMemory, IN_PLACE_MAX_RANGES};
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -118,11 +119,11 @@ struct Segment<'a> {
 
 impl DmaTable {
     fn read_lock(&self) -> RwLockReadGuard<'_, BTreeMap<u64, DmaMap>> {
-        self.maps.read().unwrap_or_else(|e| e.into_inner())
+        sync::read(&self.maps)
     }
 
     fn write_lock(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, DmaMap>> {
-        self.maps.write().unwrap_or_else(|e| e.into_inner())
+        sync::write(&self.maps)
     }
 
     /// Adds a mapping of `[iova, iova+map.size)`.

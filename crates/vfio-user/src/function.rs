@@ -4,6 +4,7 @@
 
 use crate::irq::IrqState;
 use crate::stats::{bump, Counters};
+use epf_epc::sync;
 use epf_epc::{
     AreaKind, BarSpec, ConfigSpace, EpcError, EpcFeatures, FunctionHandler, FunctionSpec,
     SharedMemory, BAR_COUNT,
@@ -234,12 +235,12 @@ impl Function {
 
     /// The configuration space image.
     pub fn config(&self) -> MutexGuard<'_, ConfigSpace> {
-        self.config.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.config)
     }
 
     /// The interrupt state.
     pub fn irqs(&self) -> MutexGuard<'_, IrqState> {
-        self.irqs.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.irqs)
     }
 
     /// A function-level reset: configuration registers and INTx state return to their initial

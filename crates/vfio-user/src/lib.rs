@@ -26,19 +26,19 @@
 //! `hw/vfio-user/` (`proxy.c`, `device.c`, `container.c`, `pci.c`); structure layouts from
 //! `<linux/vfio.h>` (via `vfio-bindings`).
 //!
-//! Module map: [`protocol`] (wire format), `json` (VERSION capabilities), `socket` (bytes and
+//! Module map: [`protocol`] (wire format), `caps` (VERSION capabilities), `socket` (bytes and
 //! descriptors over the socket), `session` (one client's commands), `function` (the started
 //! function), `region` (region info), `access` (region reads/writes), `dma` (DMA maps and
 //! [`HostMemory`](epf_epc::HostMemory)), `irq` (interrupt eventfds), `stats` (counters),
 //! `controller` (accept loop and the `EndpointController` implementation).
 
 mod access;
+mod caps;
 mod controller;
 mod dma;
 mod error;
 mod function;
 mod irq;
-mod json;
 pub mod protocol;
 mod region;
 mod session;

@@ -8,15 +8,15 @@
 //! Descriptors a command does not use are closed.
 
 use crate::access::Errno;
+use crate::caps::{our_caps, parse_caps, ClientCaps};
 use crate::dma::{map_client_memory, DmaError, DmaMap, DmaTable, MAX_DMA_BYTES};
 use crate::function::Function;
 use crate::irq::{Action, IrqError};
-use crate::json;
 use crate::protocol::{
-    cmd, flags, Body, BodyBuilder, Header, DEVICE_INFO_SIZE, DMA_MAP_SIZE, DMA_PGSIZES,
-    DMA_UNMAP_SIZE, HEADER_SIZE, IRQ_INFO_SIZE, IRQ_SET_SIZE, MAX_DATA_XFER, MAX_DMA_MAPS,
-    MAX_MESSAGE_SIZE, MAX_MSG_FDS, NUM_IRQS, NUM_REGIONS, REGION_INFO_SIZE, REGION_RW_SIZE,
-    VERSION_MAJOR, VERSION_MINOR, WRITE_MULTI_DATA, WRITE_MULTI_ENTRY_SIZE, WRITE_MULTI_MAX,
+    cmd, flags, Body, BodyBuilder, Header, DEVICE_INFO_SIZE, DMA_MAP_SIZE, DMA_UNMAP_SIZE,
+    HEADER_SIZE, IRQ_INFO_SIZE, IRQ_SET_SIZE, MAX_DATA_XFER, MAX_DMA_MAPS, MAX_MESSAGE_SIZE,
+    MAX_MSG_FDS, NUM_IRQS, NUM_REGIONS, REGION_INFO_SIZE, REGION_RW_SIZE, VERSION_MAJOR,
+    VERSION_MINOR, WRITE_MULTI_DATA, WRITE_MULTI_ENTRY_SIZE, WRITE_MULTI_MAX,
 };
 use crate::region::encode_region_info;
 use crate::socket::{Conn, Ready, XferError};
@@ -75,78 +75,6 @@ impl From<Errno> for Fail {
 }
 
 type CmdResult = Result<Reply, Fail>;
-
-/// What the client told us in VERSION.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ClientCaps {
-    /// Descriptors the client accepts in one message from us.
-    max_msg_fds: u64,
-    /// Whether the client proposed REGION_WRITE_MULTI.
-    write_multiple: bool,
-}
-
-impl Default for ClientCaps {
-    fn default() -> Self {
-        // vfio-user.rst "Version": max_msg_fds defaults to 1.
-        ClientCaps {
-            max_msg_fds: 1,
-            write_multiple: false,
-        }
-    }
-}
-
-/// Parses the NUL-terminated JSON of a VERSION message.
-fn parse_caps(raw: &[u8]) -> Result<ClientCaps, String> {
-    let text = match raw.iter().position(|&b| b == 0) {
-        Some(n) => &raw[..n],
-        None => raw,
-    };
-    let mut caps = ClientCaps::default();
-    if text.iter().all(u8::is_ascii_whitespace) {
-        return Ok(caps);
-    }
-    let text = std::str::from_utf8(text).map_err(|_| "capabilities are not UTF-8".to_string())?;
-    let v = json::parse(text).map_err(|e| format!("capabilities: {e}"))?;
-    let top = v.as_object().ok_or("capabilities JSON is not an object")?;
-    let Some(c) = top.get("capabilities") else {
-        return Ok(caps);
-    };
-    let c = c.as_object().ok_or("\"capabilities\" is not an object")?;
-    let num = |k: &str| -> Result<Option<u64>, String> {
-        c.get(k)
-            .map(|v| {
-                v.as_u64()
-                    .ok_or(format!("\"{k}\" is not an unsigned integer"))
-            })
-            .transpose()
-    };
-    if let Some(n) = num("max_msg_fds")? {
-        caps.max_msg_fds = n;
-    }
-    num("max_data_xfer_size")?;
-    num("pgsizes")?;
-    num("max_dma_maps")?;
-    if let Some(w) = c.get("write_multiple") {
-        caps.write_multiple = w.as_bool().ok_or("\"write_multiple\" is not a boolean")?;
-    }
-    if let Some(m) = c.get("migration") {
-        m.as_object().ok_or("\"migration\" is not an object")?;
-    }
-    Ok(caps)
-}
-
-/// Our capabilities, as a subset of the client's proposal.
-fn our_caps(client: &ClientCaps) -> String {
-    format!(
-        "{{\"capabilities\":{{\"max_msg_fds\":{MAX_MSG_FDS},\"max_data_xfer_size\":{MAX_DATA_XFER},\
-         \"pgsizes\":{DMA_PGSIZES},\"max_dma_maps\":{MAX_DMA_MAPS}{}}}}}",
-        if client.write_multiple {
-            ",\"write_multiple\":true"
-        } else {
-            ""
-        }
-    )
-}
 
 /// The state of one client connection.
 pub(crate) struct Session<'a> {
@@ -673,31 +601,5 @@ impl<'a> Session<'a> {
                 .region_write(region, offset, data, self.counters)?;
         }
         Ok(Reply::body((n as u64).to_ne_bytes().to_vec()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capabilities_are_parsed_and_answered_as_a_subset() {
-        let caps = parse_caps(
-            br#"{"capabilities":{"max_msg_fds":8,"write_multiple":true,"migration":{"pgsize":4096}}}"#,
-        )
-        .unwrap();
-        assert_eq!(caps.max_msg_fds, 8);
-        assert!(caps.write_multiple);
-        let ours = our_caps(&caps);
-        assert!(ours.contains("\"write_multiple\":true"));
-        assert!(!our_caps(&ClientCaps::default()).contains("write_multiple"));
-        let v = json::parse(&ours).unwrap();
-        assert!(v.as_object().unwrap()["capabilities"].as_object().is_some());
-
-        assert_eq!(parse_caps(b"\0").unwrap(), ClientCaps::default());
-        assert!(parse_caps(br#"{"capabilities":{"max_msg_fds":-1}}"#).is_err());
-        assert!(parse_caps(br#"{"capabilities":[]}"#).is_err());
-        assert!(parse_caps(b"{\xff}").is_err());
-        assert!(parse_caps(b"not json").is_err());
     }
 }

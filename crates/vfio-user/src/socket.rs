@@ -13,29 +13,23 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
+use thiserror::Error;
 
 /// Why a transfer did not complete.
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub(crate) enum XferError {
     /// The peer closed the connection.
+    #[error("connection closed by the client")]
     Closed,
     /// The deadline passed.
+    #[error("client stalled")]
     Timeout,
     /// The controller's wake-up eventfd fired (shutdown requested).
+    #[error("interrupted by shutdown")]
     Woken,
     /// The socket failed.
+    #[error(transparent)]
     Os(io::Error),
-}
-
-impl std::fmt::Display for XferError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            XferError::Closed => write!(f, "connection closed by the client"),
-            XferError::Timeout => write!(f, "client stalled"),
-            XferError::Woken => write!(f, "interrupted by shutdown"),
-            XferError::Os(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 /// What `poll` found.

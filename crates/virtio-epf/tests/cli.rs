@@ -17,7 +17,13 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn help_on_every_subcommand() {
-    for sub in [&["--help"][..], &["rng", "--help"], &["console", "--help"]] {
+    for sub in [
+        &["--help"][..],
+        &["rng", "--help"],
+        &["console", "--help"],
+        &["blk", "--help"],
+        &["net", "--help"],
+    ] {
         let o = run(sub);
         assert!(o.status.success(), "{sub:?}: {}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);
@@ -103,10 +109,13 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
             &["--layout", "legacy", "--registers", "poll", "--irq", "intx"],
             "ISR register to clear on read",
         ),
-        (&["--irq", "msi"], "must use --irq intx"),
+        (
+            &["--irq", "msi"],
+            "a controller with only MSI must use INTx",
+        ),
         (
             &["--notify", "poll"],
-            "--notify poll is implemented for the legacy layout",
+            "polled notifications are implemented for the legacy layout",
         ),
     ] {
         let mut all = vec!["rng", "--vfio-user", sock];
@@ -125,4 +134,142 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A daemon serving `args` (no host connects) with `--stats-file`, and the file's text once
+/// it has the device's line; then SIGUSR1 must print the same lines on stderr, and SIGTERM
+/// end it cleanly.
+fn counters_of(sub: &str, device_line: &str, extra: &[&str]) -> (String, String) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-{sub}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ep.sock");
+    let stats = dir.join("ep.stats");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_virtio-epf"))
+        .args([sub, "--vfio-user", sock.to_str().unwrap()])
+        .args(["--stats-file", stats.to_str().unwrap()])
+        .args(extra)
+        .env("RUST_LOG", "off")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start virtio-epf");
+    let t = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(&stats).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with(device_line)) {
+            break text;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("no `{device_line}` line in {}:\n{text}", stats.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!sock.exists(), "socket left behind");
+    let printed = stderr(&out);
+    std::fs::remove_dir_all(&dir).unwrap();
+    (text, printed)
+}
+
+/// `key=value` of the line starting with `line`.
+fn field<'a>(text: &'a str, line: &str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find(|l| l.starts_with(line))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[test]
+fn stats_file_and_sigusr1_show_the_device_counters() {
+    let (text, printed) = counters_of("rng", "rng:", &[]);
+    assert_eq!(field(&text, "rng:", "bytes"), Some("0"), "{text}");
+    assert_eq!(field(&text, "rng:", "requests"), Some("0"), "{text}");
+    for (line, key) in [
+        ("function:", "activations"),
+        ("queue 0:", "chains"),
+        ("link:", "clients"),
+    ] {
+        assert_eq!(field(&text, line, key), Some("0"), "{line} {key}:\n{text}");
+    }
+    for line in ["function:", "queue 0:", "link:", "rng:"] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(line)),
+            "SIGUSR1 printed no `{line}` line:\n{printed}"
+        );
+    }
+
+    let backend = std::env::temp_dir().join(format!("virtio-epf-cli-con-{}", std::process::id()));
+    let spec = format!("unix:{}", backend.display());
+    let (text, printed) = counters_of("console", "console:", &["--backend", &spec]);
+    for key in ["to_backend", "to_host", "pending_out", "pending_in"] {
+        assert_eq!(field(&text, "console:", key), Some("0"), "{key}:\n{text}");
+    }
+    assert!(field(&text, "queue 1:", "bytes").is_some(), "{text}");
+    assert!(
+        printed.lines().any(|l| l.starts_with("console:")),
+        "{printed}"
+    );
+    let _ = std::fs::remove_file(&backend);
+}
+
+/// The endpoint-mode options take only their values; a wrong one is a usage error that lists
+/// the valid ones, and `--help` lists them too.
+#[test]
+fn bad_endpoint_values_list_the_valid_ones() {
+    for (opt, values) in [
+        ("--layout", "modern, legacy"),
+        ("--registers", "trap, poll"),
+        ("--notify", "doorbell, poll"),
+        ("--irq", "msix, msi, intx"),
+    ] {
+        let o = run(&["rng", "--vfio-user", "/tmp/x.sock", opt, "bogus"]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{opt}: {e}");
+        assert!(
+            e.contains(&format!("invalid value 'bogus' for '{opt} "))
+                && e.contains(&format!("[possible values: {values}]")),
+            "{opt}: {e}"
+        );
+    }
+    let o = run(&["rng", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for value in [
+        "- modern:",
+        "- legacy:",
+        "- trap:",
+        "- doorbell:",
+        "- msix:",
+        "- intx:",
+    ] {
+        assert!(help.contains(value), "--help lacks {value}:\n{help}");
+    }
+}
+
+/// Every registered device has its subcommand, with its IDs in the help.
+#[test]
+fn help_lists_every_device_with_its_ids() {
+    let o = run(&["--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for (sub, ids) in [
+        ("rng", "PCI 1af4:1044, legacy 1af4:1005"),
+        ("console", "PCI 1af4:1043, legacy 1af4:1003"),
+        ("blk", "PCI 1af4:1042, legacy 1af4:1001"),
+        ("net", "PCI 1af4:1041, legacy 1af4:1000"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(sub))
+            .unwrap_or_else(|| panic!("no {sub} in:\n{help}"));
+        assert!(line.contains(ids), "{line}");
+        let o = run(&[sub, "--help"]);
+        assert!(o.status.success(), "{sub}: {}", stderr(&o));
+    }
 }

@@ -475,7 +475,7 @@ fn bad_net_arguments_give_one_line_errors() {
         ),
         (
             &["--tap", "tap1", "--queues", "0"],
-            "--queues 0 is out of range",
+            "queue pairs 0 is out of range",
         ),
         (&["--tap", "a/b"], "not a valid interface name"),
     ] {

@@ -19,10 +19,7 @@ use crate::caps::{
 };
 use epf_epc::{AreaKind, BarArea, BarSpec, EpcFeatures, FunctionSpec, MsixSpec, PciHeader};
 
-/// PCI vendor ID of virtio devices.
-pub const VIRTIO_PCI_VENDOR_ID: u16 = 0x1af4;
-/// Modern device IDs are 0x1040 + virtio device type.
-pub const VIRTIO_PCI_MODERN_DEVICE_BASE: u16 = 0x1040;
+pub use epf_device::{VIRTIO_PCI_MODERN_DEVICE_BASE, VIRTIO_PCI_VENDOR_ID};
 
 /// BAR holding the virtio structures.
 pub const REGS_BAR: u8 = 0;

@@ -70,7 +70,7 @@
 use crate::legacy_layout::*;
 use crate::registers::{Effect, Registers};
 use crate::NO_VECTOR;
-use epf_epc::{HostMemError, SharedMemory};
+use epf_epc::{CounterSource, Counters, HostMemError, SharedMemory};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FAILED,
     VIRTIO_CONFIG_S_NEEDS_RESET,
@@ -99,6 +99,23 @@ pub struct PollStats {
     pub order_violations: u64,
     /// Queue setups Linux started again from queue 0 (its next vector policy).
     pub restarts: u64,
+}
+
+/// `poll: passes=.. pfns=.. resets=.. inferred_resets=.. activations=.. notifies=..
+/// uncertain_vectors=.. order_violations=.. restarts=..`.
+impl CounterSource for PollStats {
+    fn report(&self, out: &mut Counters) {
+        out.line("poll")
+            .field("passes", self.passes)
+            .field("pfns", self.pfns)
+            .field("resets", self.resets)
+            .field("inferred_resets", self.inferred_resets)
+            .field("activations", self.activations)
+            .field("notifies", self.notifies)
+            .field("uncertain_vectors", self.uncertain_vectors)
+            .field("order_violations", self.order_violations)
+            .field("restarts", self.restarts);
+    }
 }
 
 /// What one pass found for the caller to act on.

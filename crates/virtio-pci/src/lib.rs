@@ -1,38 +1,45 @@
 //! The virtio-pci endpoint function: the transport between a [`VirtioDevice`] and an
 //! [`EndpointController`].
 //!
-//! * [`layout`] decides what the host sees (header, vendor capabilities, BARs, MSI-X);
+//! * `layout` (modern) and [`legacy_layout`] decide what the host sees (header, vendor
+//!   capabilities, BARs, MSI-X);
 //! * [`registers`] is the register file and device status machine, written in terms of
-//!   *operations* (select a queue, set a ring address, write the status), so that trapped
-//!   accesses ([`common_cfg`] decodes them) and, later, polled snapshots of BAR memory can feed
-//!   the same state machine;
-//! * [`worker`] runs the device on its own thread with its queues;
-//! * [`interrupt`] turns "this queue has used buffers" into MSI-X or INTx plus ISR;
-//! * [`function`] ties them together and is the [`FunctionHandler`] the controller calls.
+//!   *operations* (select a queue, set a ring address, write the status), fed by trapped
+//!   accesses (`common_cfg` and `legacy_cfg` decode them) or by polled snapshots of the
+//!   legacy register page ([`legacy_poll`]);
+//! * `worker` runs the device on its own thread with its queues; `poller` is the thread that
+//!   drives [`legacy_poll`] when registers are polled; `dispatch` carries what the register
+//!   engines decide (activate, reset, notify) to the worker; `shared` is the state they share;
+//! * `interrupt` turns "this queue has used buffers" into MSI-X or INTx plus ISR;
+//! * `function` ties them together: [`VirtioPciFunction`] is the [`FunctionHandler`] the
+//!   controller calls.
 //!
 //! [`VirtioDevice`]: epf_device::VirtioDevice
 //! [`EndpointController`]: epf_epc::EndpointController
 //! [`FunctionHandler`]: epf_epc::FunctionHandler
 
-pub mod caps;
-pub mod common_cfg;
-pub mod function;
-pub mod interrupt;
-pub mod layout;
-pub mod legacy_cfg;
+mod caps;
+mod common_cfg;
+mod dispatch;
+mod function;
+mod interrupt;
+mod layout;
+mod legacy_cfg;
 pub mod legacy_layout;
 pub mod legacy_poll;
-pub mod options;
-pub mod pci_cfg_window;
+mod options;
+mod pci_cfg_window;
+mod poller;
 pub mod registers;
-pub mod stats;
+mod shared;
+mod stats;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod worker;
+mod worker;
 
 pub use function::{FunctionError, VirtioPciFunction};
 pub use legacy_poll::PollStats;
-pub use options::{FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess};
+pub use options::{FunctionOptions, IrqMode, Layout, NotifyMode, OptionsError, RegisterAccess};
 pub use stats::{FunctionStats, QueueStats};
 
 /// "No MSI-X vector" in queue_msix_vector / config_msix_vector.

@@ -2,9 +2,9 @@
 //! accesses arrive.
 //!
 //! Everything here is an *operation* on the state (write the status, select a queue, set its
-//! size, ...), never a raw offset, so that the modern common-configuration decoder
-//! ([`crate::common_cfg`]) fed by trapped accesses and a future legacy decoder fed by polled
-//! snapshots of BAR memory drive exactly the same machine. Operations return an [`Effect`]
+//! size, ...), never a raw offset, so that the decoders of trapped accesses (`common_cfg` for
+//! the modern layout, `legacy_cfg` for the legacy one) and the polled legacy engine
+//! ([`crate::legacy_poll`], fed by snapshots of BAR memory) drive exactly the same machine. Operations return an [`Effect`]
 //! the function carries out outside the lock (activate or reset the device worker).
 //!
 //! Reset is two-phase: when the driver writes 0 while the device is active, the registers go
@@ -168,11 +168,6 @@ impl Registers {
         r
     }
 
-    /// Whether this register file has legacy semantics.
-    pub fn is_legacy(&self) -> bool {
-        self.legacy
-    }
-
     fn clear(&mut self) {
         self.device_feature_select = 0;
         self.driver_feature_select = 0;
@@ -285,11 +280,6 @@ impl Registers {
 
     fn writes_blocked(&self) -> bool {
         self.reset_pending.is_some()
-    }
-
-    /// The current negotiation epoch.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     /// Whether the driver's feature set is acceptable.

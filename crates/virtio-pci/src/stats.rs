@@ -1,7 +1,7 @@
 //! Counters an operator can read while the function runs: per queue (chains, descriptors,
 //! bytes, notifications, interrupts) and per function (resets, errors, trapped accesses).
 
-use std::fmt::Write as _;
+use epf_epc::{CounterSource, Counters};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Per-queue counters, cumulative over resets.
@@ -37,29 +37,26 @@ impl FunctionStats {
             ..Default::default()
         }
     }
+}
 
-    /// A human-readable multi-line summary.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "function: bar_reads={} bar_writes={} activations={} resets={} needs_reset={} config_irqs={}\n",
-            get(&self.bar_reads),
-            get(&self.bar_writes),
-            get(&self.activations),
-            get(&self.resets),
-            get(&self.needs_reset),
-            get(&self.config_interrupts)
-        );
+/// `function: bar_reads=.. bar_writes=.. activations=.. resets=.. needs_reset=.. config_irqs=..`,
+/// then `queue N: chains=.. descriptors=.. bytes=.. notifications=.. interrupts=..` per queue.
+impl CounterSource for FunctionStats {
+    fn report(&self, out: &mut Counters) {
+        out.line("function")
+            .field("bar_reads", get(&self.bar_reads))
+            .field("bar_writes", get(&self.bar_writes))
+            .field("activations", get(&self.activations))
+            .field("resets", get(&self.resets))
+            .field("needs_reset", get(&self.needs_reset))
+            .field("config_irqs", get(&self.config_interrupts));
         for (i, q) in self.queues.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "queue {i}: chains={} descriptors={} bytes={} notifications={} interrupts={}",
-                get(&q.chains),
-                get(&q.descriptors),
-                get(&q.bytes),
-                get(&q.notifications),
-                get(&q.interrupts)
-            );
+            out.line(format_args!("queue {i}"))
+                .field("chains", get(&q.chains))
+                .field("descriptors", get(&q.descriptors))
+                .field("bytes", get(&q.bytes))
+                .field("notifications", get(&q.notifications))
+                .field("interrupts", get(&q.interrupts));
         }
-        s
     }
 }

@@ -6,8 +6,8 @@
 //! into the device it turns pending used buffers into interrupts, so completions made during
 //! one call share one interrupt per queue.
 
-use crate::function::Shared;
 use crate::registers::Activation;
+use crate::shared::Shared;
 use epf_device::{DeviceContext, DeviceError, VirtioDevice, Waker};
 use epf_epc::HostMemory;
 use epf_virtqueue::Queue;

@@ -2,7 +2,7 @@
 //! ring rules (virtio 1.2 section 2.7) or one failed host-memory access, so that the device can
 //! log it before entering DEVICE_NEEDS_RESET.
 
-use crate::layout::Ring;
+use crate::layout::{Ring, MAX_QUEUE_SIZE};
 use epf_epc::HostMemError;
 use thiserror::Error;
 
@@ -95,3 +95,9 @@ pub enum QueueError {
     #[error("host memory access failed: {0}")]
     Memory(#[from] HostMemError),
 }
+
+/// A queue size the split ring does not allow (not a power of two in `1..=32768`): the one
+/// limit every device's and the transport's queue sizes are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("queue size {0} is not a power of two in 1..={MAX_QUEUE_SIZE}")]
+pub struct QueueSizeError(pub u16);

@@ -86,6 +86,15 @@ pub const fn valid_size(size: u16) -> bool {
     size != 0 && size <= MAX_QUEUE_SIZE && size.is_power_of_two()
 }
 
+/// `size` if it is a valid split-queue size.
+pub fn check_size(size: u16) -> Result<u16, crate::QueueSizeError> {
+    if valid_size(size) {
+        Ok(size)
+    } else {
+        Err(crate::QueueSizeError(size))
+    }
+}
+
 /// Address of descriptor `index` in a table at `table`.
 pub const fn desc_addr(table: u64, index: u16) -> u64 {
     table + DESC_SIZE * index as u64

@@ -44,8 +44,8 @@ mod tests;
 
 pub use chain::{ChainReader, ChainWriter, DescriptorChain, Segment};
 pub use descriptor::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
-pub use error::QueueError;
-pub use layout::{Ring, MAX_QUEUE_SIZE};
+pub use error::{QueueError, QueueSizeError};
+pub use layout::{check_size as check_queue_size, Ring, MAX_QUEUE_SIZE};
 pub use queue::{
     Queue, QueueConfig, QueueStats, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
 };

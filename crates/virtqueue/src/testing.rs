@@ -11,6 +11,7 @@
 use crate::descriptor::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 use crate::layout::{self, Ring};
 use crate::{QueueConfig, Segment};
+use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, IN_PLACE_MAX_RANGES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,7 +105,7 @@ impl TestMemory {
 
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         // A panicking test thread cannot leave the bytes in an invalid state.
-        self.data.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.data)
     }
 
     /// Offset of `[addr, addr+len)` inside the memory, if it is entirely inside.

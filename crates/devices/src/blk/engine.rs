@@ -10,27 +10,18 @@
 
 use super::request::{Completion, Request};
 use epf_device::Waker;
+use epf_epc::sync;
 use std::sync::Mutex;
 
 /// Which engine to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineKind {
     /// A thread pool with blocking positional I/O.
     Threads,
-    /// io_uring, submitted and reaped by the worker thread.
+    /// io_uring, submitted and reaped by the worker thread (small requests; large ones,
+    /// flushes and discards go to the thread pool).
+    #[value(name = "io-uring", alias = "io_uring")]
     IoUring,
-}
-
-impl std::str::FromStr for EngineKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "threads" => Ok(EngineKind::Threads),
-            "io-uring" | "io_uring" => Ok(EngineKind::IoUring),
-            _ => Err(format!("expected `threads` or `io-uring`, got `{s}`")),
-        }
-    }
 }
 
 impl std::fmt::Display for EngineKind {
@@ -72,12 +63,12 @@ pub struct WakerCell(Mutex<Option<Waker>>);
 impl WakerCell {
     /// Stores the waker (the worker's; the same for every activation).
     pub fn set(&self, w: Waker) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        *sync::lock(&self.0) = Some(w);
     }
 
     /// Asks the worker to call `wake()` (nothing before the first activation).
     pub fn wake(&self) {
-        if let Some(w) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(w) = sync::lock(&self.0).as_ref() {
             w.wake();
         }
     }

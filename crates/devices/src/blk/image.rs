@@ -5,12 +5,13 @@
 //! reported as one line: a missing or unreadable path, something that is neither a regular
 //! file nor a block device, a size that is not a multiple of 512, write access asked for a
 //! read-only file, an image another `virtio-epf` already serves, a file system without
-//! O_DIRECT when `--direct` was asked for. Nothing is written to the image while checking.
+//! O_DIRECT when direct I/O was asked for. Nothing is written to the image while checking.
 //!
 //! The image also knows what the host side can tell about its geometry (logical and physical
 //! block size, I/O hints, direct-I/O alignment) and how to discard and zero ranges of it
 //! (`fallocate(2)`, which works on both regular files and block devices).
 
+use super::error::ImageError;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -67,54 +68,47 @@ pub struct Image {
 }
 
 /// Opens and checks an image; the error is one line naming the path.
-pub fn open(opts: &ImageOptions) -> Result<Image, String> {
+pub fn open(opts: &ImageOptions) -> Result<Image, ImageError> {
     let path = &opts.path;
-    let shown = path.display();
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot open image {shown}: {}", plain(&e)))?;
+    let p = || path.clone();
+    let meta = std::fs::metadata(path).map_err(|source| ImageError::Open { path: p(), source })?;
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         ImageKind::File
     } else if ft.is_block_device() {
         ImageKind::BlockDevice
     } else {
-        return Err(format!(
-            "image {shown} is neither a regular file nor a block device"
-        ));
+        return Err(ImageError::Kind { path: p() });
     };
     if !opts.read_only && kind == ImageKind::File && meta.permissions().mode() & 0o222 == 0 {
         // root could open it for writing anyway; a write-protected file is a statement.
-        return Err(format!(
-            "image {shown} is read-only (mode {:o}); pass --read-only to serve it read-only",
-            meta.permissions().mode() & 0o7777
-        ));
+        return Err(ImageError::WriteProtected {
+            path: p(),
+            mode: meta.permissions().mode() & 0o7777,
+        });
     }
-    let file = open_fd(path, opts.read_only, false).map_err(|e| match e.raw_os_error() {
-        Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ETXTBSY) if !opts.read_only => {
-            format!(
-                "image {shown} is not writable ({}); pass --read-only to serve it read-only",
-                plain(&e)
-            )
-        }
-        _ => format!("cannot open image {shown}: {}", plain(&e)),
-    })?;
-    lock(&file, opts.read_only).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            format!("image {shown} is in use by another process (locked)")
+    let file =
+        open_fd(path, opts.read_only, false).map_err(|source| match source.raw_os_error() {
+            Some(libc::EACCES | libc::EROFS | libc::EPERM | libc::ETXTBSY) if !opts.read_only => {
+                ImageError::NotWritable { path: p(), source }
+            }
+            _ => ImageError::Open { path: p(), source },
+        })?;
+    lock(&file, opts.read_only).map_err(|source| {
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            ImageError::Locked { path: p() }
         } else {
-            format!("cannot lock image {shown}: {}", plain(&e))
+            ImageError::Lock { path: p(), source }
         }
     })?;
     let size = match kind {
         ImageKind::File => meta.len(),
         ImageKind::BlockDevice => {
-            seek_end(&file).map_err(|e| format!("cannot get the size of {shown}: {}", plain(&e)))?
+            seek_end(&file).map_err(|source| ImageError::Size { path: p(), source })?
         }
     };
     if size % SECTOR_SIZE != 0 {
-        return Err(format!(
-            "image {shown} is {size} bytes, not a multiple of {SECTOR_SIZE}"
-        ));
+        return Err(ImageError::Unaligned { path: p(), size });
     }
     let mut img = Image {
         path: path.clone(),
@@ -132,31 +126,19 @@ pub fn open(opts: &ImageOptions) -> Result<Image, String> {
     };
     img.probe_geometry(&meta);
     if opts.direct {
-        let d = open_fd(path, opts.read_only, true).map_err(|e| {
-            format!(
-                "cannot open image {shown} with O_DIRECT (--direct): {}",
-                plain(&e)
-            )
-        })?;
+        let d = open_fd(path, opts.read_only, true)
+            .map_err(|source| ImageError::Direct { path: p(), source })?;
         img.dio_align = dio_alignment(&d).unwrap_or(img.dio_align).max(512);
         img.direct = Some(d);
     }
     if img.logical_block as u64 > 0 && size % u64::from(img.logical_block) != 0 {
-        return Err(format!(
-            "image {shown} is {size} bytes, not a multiple of its block size {}",
-            img.logical_block
-        ));
+        return Err(ImageError::BlockUnaligned {
+            path: p(),
+            size,
+            block: img.logical_block,
+        });
     }
     Ok(img)
-}
-
-/// An `io::Error` as text without the "(os error N)" suffix.
-fn plain(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 fn open_fd(path: &Path, read_only: bool, direct: bool) -> io::Result<File> {
@@ -394,7 +376,7 @@ mod tests {
     #[test]
     fn rejects_bad_images_with_one_line_and_leaves_them_alone() {
         let missing = tmp("missing");
-        let e = open(&opts(&missing, false)).unwrap_err();
+        let e = open(&opts(&missing, false)).unwrap_err().to_string();
         assert!(
             e.contains("cannot open image") && e.contains("No such file"),
             "{e}"
@@ -403,7 +385,7 @@ mod tests {
 
         let odd = tmp("odd");
         std::fs::write(&odd, vec![1u8; 1000]).unwrap();
-        let e = open(&opts(&odd, false)).unwrap_err();
+        let e = open(&opts(&odd, false)).unwrap_err().to_string();
         assert!(e.contains("not a multiple of 512"), "{e}");
         assert_eq!(std::fs::read(&odd).unwrap(), vec![1u8; 1000]);
         std::fs::remove_file(&odd).unwrap();
@@ -412,13 +394,16 @@ mod tests {
         std::fs::write(&ro, vec![2u8; 1024]).unwrap();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o444)).unwrap();
         let e = open(&opts(&ro, false)).unwrap_err();
-        assert!(e.contains("read-only") && e.contains("--read-only"), "{e}");
+        assert!(matches!(e, ImageError::WriteProtected { .. }), "{e}");
+        assert!(e.to_string().contains("is read-only (mode 444)"), "{e}");
         let img = open(&opts(&ro, true)).unwrap();
         assert!(img.read_only());
         drop(img);
         std::fs::remove_file(&ro).unwrap();
 
-        let e = open(&opts(Path::new("/proc/self"), true)).unwrap_err();
+        let e = open(&opts(Path::new("/proc/self"), true))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("neither a regular file nor a block device"),
             "{e}"
@@ -432,7 +417,8 @@ mod tests {
         std::fs::write(&p, vec![0u8; 4096]).unwrap();
         let a = open(&opts(&p, false)).unwrap();
         let e = open(&opts(&p, false)).unwrap_err();
-        assert!(e.contains("in use"), "{e}");
+        assert!(matches!(e, ImageError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("in use"), "{e}");
         assert!(open(&opts(&p, true)).is_err());
         drop(a);
         let b = open(&opts(&p, true)).unwrap();

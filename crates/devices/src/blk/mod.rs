@@ -4,6 +4,7 @@
 //! * [`image`]: opening and checking the image, its geometry, discard / zeroing modes;
 //! * [`config`]: offered features and the configuration space;
 //! * [`request`]: chain parsing and validation into requests or immediate answers;
+//! * `kind`: the `blk` subcommand ([`Blk`], [`BlkArgs`]);
 //! * [`engine`]: the I/O engine interface; [`pool`] (threads + blocking I/O) and [`uring`]
 //!   (io_uring from the worker thread) implement it; [`io`]: buffers, copies and system calls
 //!   they share.
@@ -28,8 +29,10 @@
 
 pub mod config;
 pub mod engine;
+mod error;
 pub mod image;
 pub mod io;
+mod kind;
 pub mod pool;
 pub mod request;
 pub mod uring;
@@ -39,18 +42,31 @@ mod tests;
 
 use config::BlkParams;
 use engine::{Engine, EngineKind};
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
+use epf_device::{
+    CounterSource, Counters, DescriptorChain, DeviceContext, DeviceError, VirtioDevice,
+};
+pub use error::{
+    check_queue_size, check_queues, check_serial, check_threads, BlkError, ImageError,
+};
 use image::{Image, ImageOptions};
+pub use kind::{Blk, BlkArgs};
 use request::{Completion, Kind, Limits, Parsed};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-/// Default (and maximum offered) size of each request queue.
+/// Default size of each request queue.
 pub const DEFAULT_QUEUE_SIZE: u16 = 256;
+/// Smallest request queue: a header, one data segment and the status descriptor fit it.
+pub const MIN_QUEUE_SIZE: u16 = 4;
+/// Largest request queue (QEMU's limit for its virtio devices, VIRTQUEUE_MAX_SIZE): the
+/// engines size their submission rings and head tables by queues x queue size.
+pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Most request queues the device offers.
 pub const MAX_QUEUES: u16 = 64;
+/// Most I/O threads of the thread-pool engine.
+pub const MAX_THREADS: usize = 256;
 /// Requests taken from one queue in one go, in units of the queue size.
 pub const QUEUE_BUDGET: usize = 4;
 /// Length of the GET_ID identifier.
@@ -103,6 +119,8 @@ pub struct BlkStats {
     /// Requests handed to the engine, and those it completed.
     pub submitted: AtomicU64,
     pub completed: AtomicU64,
+    /// The engine in use, once started.
+    pub engine: OnceLock<EngineKind>,
 }
 
 impl BlkStats {
@@ -128,24 +146,31 @@ impl BlkStats {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// One line for operators.
-    pub fn summary(&self) -> String {
+/// `blk: reads=.. writes=.. flushes=.. discards=.. write_zeroes=.. get_ids=.. unsupported=..
+/// errors=.. bytes_read=.. bytes_written=.. in_flight=.. engine=..`.
+impl CounterSource for BlkStats {
+    fn report(&self, out: &mut Counters) {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        format!(
-            "blk: reads={} writes={} flushes={} discards={} write_zeroes={} get_ids={} unsupported={} errors={} bytes_read={} bytes_written={} in_flight={}",
-            g(&self.reads),
-            g(&self.writes),
-            g(&self.flushes),
-            g(&self.discards),
-            g(&self.write_zeroes),
-            g(&self.get_ids),
-            g(&self.unsupported),
-            g(&self.errors),
-            g(&self.bytes_read),
-            g(&self.bytes_written),
-            g(&self.submitted).saturating_sub(g(&self.completed))
-        )
+        let mut line = out.line("blk");
+        line.field("reads", g(&self.reads))
+            .field("writes", g(&self.writes))
+            .field("flushes", g(&self.flushes))
+            .field("discards", g(&self.discards))
+            .field("write_zeroes", g(&self.write_zeroes))
+            .field("get_ids", g(&self.get_ids))
+            .field("unsupported", g(&self.unsupported))
+            .field("errors", g(&self.errors))
+            .field("bytes_read", g(&self.bytes_read))
+            .field("bytes_written", g(&self.bytes_written))
+            .field(
+                "in_flight",
+                g(&self.submitted).saturating_sub(g(&self.completed)),
+            );
+        if let Some(e) = self.engine.get() {
+            line.field("engine", e);
+        }
     }
 }
 
@@ -199,31 +224,17 @@ impl InFlight {
 }
 
 impl BlkDevice {
-    /// Opens the image and starts the I/O engine. Errors are one line, meant for the
-    /// operator; the image is not modified.
-    pub fn open(opts: &BlkOptions) -> Result<BlkDevice, String> {
+    /// Checks the options, opens the image and starts the I/O engine. Errors are one line,
+    /// meant for the operator; the image is not modified.
+    pub fn open(opts: &BlkOptions) -> Result<BlkDevice, BlkError> {
         let mut id = [0u8; ID_BYTES];
         if let Some(s) = &opts.serial {
-            if s.len() > ID_BYTES {
-                return Err(format!(
-                    "serial `{s}` is {} bytes long, at most {ID_BYTES} fit",
-                    s.len()
-                ));
-            }
+            check_serial(s)?;
             id[..s.len()].copy_from_slice(s.as_bytes());
         }
-        if opts.num_queues == 0 || opts.num_queues > MAX_QUEUES {
-            return Err(format!(
-                "--queues {} is not in 1..={MAX_QUEUES}",
-                opts.num_queues
-            ));
-        }
-        if !opts.queue_size.is_power_of_two() || opts.queue_size < 4 {
-            return Err(format!(
-                "queue size {} is not a power of two >= 4",
-                opts.queue_size
-            ));
-        }
+        check_queues(opts.num_queues)?;
+        check_queue_size(opts.queue_size)?;
+        check_threads(opts.threads)?;
         let image = Arc::new(image::open(&opts.image)?);
         let params = BlkParams::new(&image, opts.num_queues, opts.queue_size);
         let (engine, engine_kind) = start_engine(&image, opts)?;
@@ -234,6 +245,8 @@ impl BlkDevice {
             discard: false,
             write_zeroes: false,
         };
+        let stats = Arc::new(BlkStats::default());
+        let _ = stats.engine.set(engine_kind);
         Ok(BlkDevice {
             image,
             params,
@@ -243,7 +256,7 @@ impl BlkDevice {
             chain: DescriptorChain::default(),
             completions: Vec::new(),
             limits,
-            stats: Arc::new(BlkStats::default()),
+            stats,
             pending: 0,
             in_flight: vec![InFlight::default(); usize::from(opts.num_queues)],
         })
@@ -257,11 +270,6 @@ impl BlkDevice {
     /// The engine in use (io_uring falls back to threads where the kernel refuses it).
     pub fn engine_kind(&self) -> EngineKind {
         self.engine_kind
-    }
-
-    /// The counters (shared; they keep counting while the device runs).
-    pub fn stats_handle(&self) -> Arc<BlkStats> {
-        self.stats.clone()
     }
 
     /// Adds the engine's completions to their used rings.
@@ -377,11 +385,11 @@ impl BlkDevice {
 fn start_engine(
     image: &Arc<Image>,
     opts: &BlkOptions,
-) -> Result<(Box<dyn Engine>, EngineKind), String> {
+) -> Result<(Box<dyn Engine>, EngineKind), BlkError> {
     let threads = || {
         pool::PoolEngine::new(image.clone(), opts.threads)
             .map(|e| (Box::new(e) as Box<dyn Engine>, EngineKind::Threads))
-            .map_err(|e| format!("cannot start the I/O threads: {e}"))
+            .map_err(BlkError::Pool)
     };
     match opts.engine {
         EngineKind::Threads => threads(),
@@ -452,13 +460,8 @@ impl VirtioDevice for BlkDevice {
         self.limits.write_zeroes = false;
     }
 
-    fn stats(&self) -> String {
-        format!(
-            "{} engine={} in_flight={}",
-            self.stats.summary(),
-            self.engine_kind,
-            self.engine.in_flight()
-        )
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.stats.clone())
     }
 }
 

@@ -14,8 +14,9 @@ use super::image::Image;
 use super::io::{self, AlignedBuf, CHUNK};
 use super::request::{Completion, Op, Request, S_IOERR, S_OK};
 use epf_device::Waker;
+use epf_epc::sync::{self, lock};
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Default number of pool threads.
@@ -38,10 +39,6 @@ struct Shared {
     idle_cv: Condvar,
     done: Mutex<Vec<Completion>>,
     waker: WakerCell,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The thread-pool engine.
@@ -91,7 +88,7 @@ fn run(s: &Shared) {
                 if let Some(r) = j.queue.pop_front() {
                     break r;
                 }
-                j = s.job_cv.wait(j).unwrap_or_else(|e| e.into_inner());
+                j = sync::wait(&s.job_cv, j);
             }
         };
         let status = execute(&s.image, &req, &mut buf);
@@ -209,11 +206,7 @@ impl Engine for PoolEngine {
     fn drain(&mut self) {
         let mut j = lock(&self.shared.jobs);
         while j.busy > 0 {
-            j = self
-                .shared
-                .idle_cv
-                .wait(j)
-                .unwrap_or_else(|e| e.into_inner());
+            j = sync::wait(&self.shared.idle_cv, j);
         }
     }
 

@@ -599,10 +599,59 @@ fn bad_options_are_one_line_errors() {
     let mut o = BlkOptions::new(&p);
     o.serial = Some("x".repeat(21));
     let e = BlkDevice::open(&o).err().unwrap();
-    assert!(e.contains("at most 20"), "{e}");
-    let mut o = BlkOptions::new(&p);
-    o.num_queues = 0;
-    assert!(BlkDevice::open(&o).is_err());
+    assert!(e.to_string().contains("at most 20"), "{e}");
+    for (opts, limit) in [
+        (
+            BlkOptions {
+                num_queues: 0,
+                ..BlkOptions::new(&p)
+            },
+            "1..=64",
+        ),
+        (
+            BlkOptions {
+                num_queues: 65,
+                ..BlkOptions::new(&p)
+            },
+            "1..=64",
+        ),
+        (
+            BlkOptions {
+                queue_size: 2,
+                ..BlkOptions::new(&p)
+            },
+            "4..=1024",
+        ),
+        (
+            BlkOptions {
+                queue_size: 100,
+                ..BlkOptions::new(&p)
+            },
+            "4..=1024",
+        ),
+        (
+            BlkOptions {
+                queue_size: 2048,
+                ..BlkOptions::new(&p)
+            },
+            "4..=1024",
+        ),
+        (
+            BlkOptions {
+                threads: 0,
+                ..BlkOptions::new(&p)
+            },
+            "1..=256",
+        ),
+    ] {
+        let e = BlkDevice::open(&opts).err().unwrap().to_string();
+        assert!(e.contains(limit) && !e.contains("--"), "{e}");
+    }
+    assert!(BlkDevice::open(&BlkOptions {
+        queue_size: 1024,
+        ..BlkOptions::new(&p)
+    })
+    .is_ok());
     std::fs::remove_file(&p).unwrap();
 }
 

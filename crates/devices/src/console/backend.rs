@@ -7,6 +7,7 @@
 
 use super::pipe::Pipe;
 use epf_device::Waker;
+use epf_epc::sync;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -70,7 +71,7 @@ struct UnixShared {
 
 impl UnixShared {
     fn replace(&self, s: UnixStream) {
-        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = sync::lock(&self.conn);
         let gen = g.as_ref().map_or(0, |(g, _)| g + 1);
         log::info!("console client connected on {}", self.path.display());
         *g = Some((gen, Arc::new(s)));
@@ -79,14 +80,14 @@ impl UnixShared {
 
     /// Blocks until there is a client newer than `after`.
     fn wait_client(&self, after: Option<u64>) -> (u64, Arc<UnixStream>) {
-        let mut g = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = sync::lock(&self.conn);
         loop {
             if let Some((gen, s)) = g.as_ref() {
                 if after.is_none_or(|a| *gen > a) {
                     return (*gen, s.clone());
                 }
             }
-            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = sync::wait(&self.cond, g);
         }
     }
 }
@@ -143,11 +144,11 @@ pub struct WakerSlot(Mutex<Option<Waker>>);
 
 impl WakerSlot {
     pub fn set(&self, w: Waker) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        *sync::lock(&self.0) = Some(w);
     }
 
     pub fn wake(&self) {
-        if let Some(w) = self.0.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(w) = sync::lock(&self.0).as_ref() {
             w.wake();
         }
     }

@@ -5,15 +5,21 @@
 //! pipe has room (a chain that does not fit stays in the ring until the output thread drains
 //! the pipe and wakes us), and backend input waits in the input pipe — whose bound in turn
 //! stops the input thread reading — until the host posts receive buffers. Nothing is dropped.
+//!
+//! [`ConsoleDevice`] is the device; [`Console`] (in `kind`) is how the command offers it.
 
 mod backend;
+mod kind;
 mod pipe;
 
 pub use backend::Backend;
+pub use kind::{BackendArg, Console, ConsoleArgs};
 pub use pipe::Pipe;
 
 use backend::{spawn_input, spawn_output, WakerSlot};
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
+use epf_device::{
+    CounterSource, Counters, DescriptorChain, DeviceContext, DeviceError, VirtioDevice,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
@@ -37,8 +43,26 @@ pub struct ConsoleDevice {
     /// reset in the middle of such a chain leaves its first pieces with the backend.
     tx_chain: DescriptorChain,
     tx_done: Option<usize>,
-    to_backend: AtomicU64,
-    to_host: AtomicU64,
+    counters: Arc<ConsoleCounters>,
+}
+
+/// `console: to_backend=.. to_host=.. pending_out=.. pending_in=..`: bytes moved each way,
+/// and bytes waiting in each direction's pipe.
+pub struct ConsoleCounters {
+    pub to_backend: AtomicU64,
+    pub to_host: AtomicU64,
+    out: Arc<Pipe>,
+    inp: Arc<Pipe>,
+}
+
+impl CounterSource for ConsoleCounters {
+    fn report(&self, out: &mut Counters) {
+        out.line("console")
+            .field("to_backend", self.to_backend.load(Ordering::Relaxed))
+            .field("to_host", self.to_host.load(Ordering::Relaxed))
+            .field("pending_out", self.out.len())
+            .field("pending_in", self.inp.len());
+    }
 }
 
 impl ConsoleDevice {
@@ -50,6 +74,12 @@ impl ConsoleDevice {
         let waker = Arc::new(WakerSlot::default());
         spawn_output(backend.output, out.clone(), waker.clone())?;
         spawn_input(backend.input, inp.clone(), waker.clone())?;
+        let counters = Arc::new(ConsoleCounters {
+            to_backend: AtomicU64::new(0),
+            to_host: AtomicU64::new(0),
+            out: out.clone(),
+            inp: inp.clone(),
+        });
         Ok(ConsoleDevice {
             queue_size: 256,
             out,
@@ -58,8 +88,7 @@ impl ConsoleDevice {
             chain: DescriptorChain::default(),
             tx_chain: DescriptorChain::default(),
             tx_done: None,
-            to_backend: AtomicU64::new(0),
-            to_host: AtomicU64::new(0),
+            counters,
         })
     }
 
@@ -87,7 +116,9 @@ impl ConsoleDevice {
                     self.out.push(&buf[..n]);
                     moved += n;
                 }
-                self.to_backend.fetch_add(moved as u64, Ordering::Relaxed);
+                self.counters
+                    .to_backend
+                    .fetch_add(moved as u64, Ordering::Relaxed);
                 if r.remaining() > 0 {
                     // The backend's next drain wakes us to go on.
                     self.tx_done = Some(done + moved);
@@ -135,7 +166,9 @@ impl ConsoleDevice {
             let written = w.written();
             q.add_used(self.chain.head(), written)
                 .map_err(DeviceError::queue(RX))?;
-            self.to_host.fetch_add(written as u64, Ordering::Relaxed);
+            self.counters
+                .to_host
+                .fetch_add(written as u64, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -181,14 +214,8 @@ impl VirtioDevice for ConsoleDevice {
         self.tx_done = None;
     }
 
-    fn stats(&self) -> String {
-        format!(
-            "console: to_backend={} to_host={} pending_out={} pending_in={}",
-            self.to_backend.load(Ordering::Relaxed),
-            self.to_host.load(Ordering::Relaxed),
-            self.out.len(),
-            self.inp.len()
-        )
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.counters.clone())
     }
 }
 

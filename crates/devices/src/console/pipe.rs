@@ -2,6 +2,7 @@
 //! the back-pressure: a full FIFO makes the producer wait (the backend thread blocks; the
 //! worker leaves buffers in the ring and is woken when room appears).
 
+use epf_epc::sync;
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -29,7 +30,7 @@ impl Pipe {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.inner)
     }
 
     /// Bytes that can be pushed without exceeding the bound.
@@ -78,7 +79,7 @@ impl Pipe {
     pub fn pop_blocking(&self, out: &mut [u8]) -> usize {
         let mut g = self.lock();
         while g.buf.is_empty() && !g.closed {
-            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = sync::wait(&self.cond, g);
         }
         let n = out.len().min(g.buf.len());
         for (o, b) in out.iter_mut().zip(g.buf.drain(..n)) {
@@ -94,7 +95,7 @@ impl Pipe {
     pub fn wait_room(&self) -> usize {
         let mut g = self.lock();
         while g.buf.len() >= self.capacity && !g.closed {
-            g = self.cond.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = sync::wait(&self.cond, g);
         }
         if g.closed {
             0

@@ -3,6 +3,8 @@
 //! `mac`, `status`, `max_virtqueue_pairs`, `mtu`).
 
 use super::mac::MacAddr;
+use epf_device::{check_queue_size, QueueSizeError};
+use thiserror::Error;
 use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
 
 /// Smallest MTU Linux accepts from a virtio-net device (`MIN_MTU`, i.e. ETH_MIN_MTU).
@@ -42,34 +44,37 @@ impl NetOptions {
     }
 
     /// Checks everything that can be checked without the TAP; the message is one line.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), OptionsError> {
         if self.queue_pairs == 0 || self.queue_pairs > MAX_QUEUE_PAIRS {
-            return Err(format!(
-                "--queues {} is out of range (1..={MAX_QUEUE_PAIRS}, the most a multi-queue TAP has)",
-                self.queue_pairs
-            ));
+            return Err(OptionsError::QueuePairs(self.queue_pairs));
         }
         if let Some(m) = self.mtu {
             check_mtu(m)?;
         }
-        if !self.queue_size.is_power_of_two() || self.queue_size > 32768 {
-            return Err(format!(
-                "queue size {} is not a power of two in 1..=32768",
-                self.queue_size
-            ));
-        }
+        check_queue_size(self.queue_size)?;
         Ok(())
     }
 }
 
+/// Why options were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OptionsError {
+    #[error(
+        "queue pairs {0} is out of range (1..={MAX_QUEUE_PAIRS}, the most a multi-queue TAP has)"
+    )]
+    QueuePairs(u16),
+    #[error("MTU {0} is impossible (a TAP carries {MIN_MTU}..={MAX_MTU})")]
+    Mtu(u32),
+    #[error(transparent)]
+    QueueSize(#[from] QueueSizeError),
+}
+
 /// Whether `mtu` can be offered: Linux refuses less than 68 and a TAP carries at most 65521.
-pub fn check_mtu(mtu: u32) -> Result<(), String> {
+pub fn check_mtu(mtu: u32) -> Result<(), OptionsError> {
     if (MIN_MTU..=MAX_MTU).contains(&mtu) {
         Ok(())
     } else {
-        Err(format!(
-            "MTU {mtu} is impossible (a TAP carries {MIN_MTU}..={MAX_MTU})"
-        ))
+        Err(OptionsError::Mtu(mtu))
     }
 }
 
@@ -100,12 +105,16 @@ mod tests {
         let mut o = NetOptions::new("tap0");
         assert!(o.validate().is_ok());
         o.queue_pairs = 0;
-        assert!(o.validate().unwrap_err().contains("--queues 0"));
+        assert_eq!(o.validate(), Err(OptionsError::QueuePairs(0)));
         o.queue_pairs = 257;
         assert!(o.validate().is_err());
         o.queue_pairs = 256;
         o.mtu = Some(67);
-        assert!(o.validate().unwrap_err().contains("MTU 67 is impossible"));
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("MTU 67 is impossible"));
         o.mtu = Some(65522);
         assert!(o.validate().is_err());
         o.mtu = Some(9000);

@@ -19,7 +19,7 @@ use super::features::{has, GUEST_OFFLOADS};
 use super::filter::{MacTable, RxFilter, MAC_TABLE_ENTRIES};
 use super::mac::MacAddr;
 use epf_device::{ChainReader, QueueError};
-use std::fmt;
+use thiserror::Error;
 use virtio_bindings::virtio_net::*;
 
 /// What the device has to do for an accepted command beyond the filter update done here.
@@ -34,39 +34,23 @@ pub enum CtrlAction {
 }
 
 /// Why a command was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum CtrlError {
     /// Fewer than the two header bytes.
+    #[error("command shorter than its 2-byte header")]
     NoHeader,
     /// Class/command unknown or its feature not negotiated.
+    #[error("unsupported command class {class} cmd {cmd}")]
     Unsupported { class: u8, cmd: u8 },
     /// Command data of the wrong length.
+    #[error("class {class} cmd {cmd}: {len} data bytes is the wrong length")]
     Length { class: u8, cmd: u8, len: usize },
     /// A value out of range.
+    #[error("class {class} cmd {cmd}: value {value:#x} out of range")]
     Value { class: u8, cmd: u8, value: u64 },
     /// Host memory failed while reading the chain (the queue is broken, not the command).
+    #[error(transparent)]
     Queue(QueueError),
-}
-
-impl fmt::Display for CtrlError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CtrlError::NoHeader => f.write_str("command shorter than its 2-byte header"),
-            CtrlError::Unsupported { class, cmd } => {
-                write!(f, "unsupported command class {class} cmd {cmd}")
-            }
-            CtrlError::Length { class, cmd, len } => {
-                write!(
-                    f,
-                    "class {class} cmd {cmd}: {len} data bytes is the wrong length"
-                )
-            }
-            CtrlError::Value { class, cmd, value } => {
-                write!(f, "class {class} cmd {cmd}: value {value:#x} out of range")
-            }
-            CtrlError::Queue(e) => write!(f, "{e}"),
-        }
-    }
 }
 
 const RX: u8 = VIRTIO_NET_CTRL_RX as u8;

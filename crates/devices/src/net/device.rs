@@ -17,7 +17,7 @@
 //! has no receive buffers, output if the TAP refused a packet. Pairs are independent: a full
 //! TAP queue or a host that stops posting receive buffers stalls only that pair and direction.
 
-use super::config::{config_space, NetOptions, MAX_MTU, MIN_MTU};
+use super::config::{config_space, NetOptions, OptionsError, MAX_MTU, MIN_MTU};
 use super::ctrl::{self, CtrlAction, CtrlError};
 use super::features::{self, has, tun_offloads, GUEST_OFFLOADS};
 use super::filter::RxFilter;
@@ -27,10 +27,10 @@ use super::rx::{RxEnv, RxOutcome, RxPath};
 use super::stats::{add, NetCounters};
 use super::tap::{Tap, TapError};
 use super::tx::{TxEnv, TxOutcome, TxPath};
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice, Waker};
-use std::fmt;
+use epf_device::{CounterSource, DescriptorChain, DeviceContext, DeviceError, VirtioDevice, Waker};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use thiserror::Error;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_ERR, VIRTIO_NET_F_MQ, VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_OK,
@@ -41,24 +41,15 @@ const RX_BUDGET: usize = 256;
 const TX_BUDGET: usize = 256;
 
 /// Why the device could not be created (one line each).
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum NetError {
-    Options(String),
-    Tap(TapError),
-    Poller(std::io::Error),
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("cannot start the TAP poller thread: {0}")]
+    Poller(#[source] std::io::Error),
 }
-
-impl fmt::Display for NetError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NetError::Options(s) => f.write_str(s),
-            NetError::Tap(e) => write!(f, "{e}"),
-            NetError::Poller(e) => write!(f, "cannot start the TAP poller thread: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for NetError {}
 
 /// What a receive queue waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,8 +105,8 @@ pub struct NetDevice {
 impl NetDevice {
     /// Validates `opts`, attaches to the TAP and starts the poller.
     pub fn new(opts: &NetOptions) -> Result<NetDevice, NetError> {
-        opts.validate().map_err(NetError::Options)?;
-        let tap = Tap::open(&opts.tap, opts.queue_pairs).map_err(NetError::Tap)?;
+        opts.validate()?;
+        let tap = Tap::open(&opts.tap, opts.queue_pairs)?;
         let tap_mtu = tap.mtu().ok();
         let mtu = match opts.mtu {
             Some(m) => m,
@@ -171,11 +162,6 @@ impl NetDevice {
     /// The station address offered.
     pub fn mac(&self) -> MacAddr {
         self.mac
-    }
-
-    /// The MTU offered.
-    pub fn mtu(&self) -> u16 {
-        self.mtu
     }
 
     fn wake_self(&self) {
@@ -288,16 +274,16 @@ impl NetDevice {
 
     /// Switches the TAP to `n` queue pairs: detaches the queues of pairs no longer used and
     /// attaches the others. Returns the previous count, for [`start_pairs`](Self::start_pairs).
-    fn switch_pairs(&mut self, n: u16) -> Result<u16, String> {
+    fn switch_pairs(&mut self, n: u16) -> Result<u16, DeviceError> {
         let old = self.pairs_in_use;
         for p in 0..usize::from(self.max_pairs) {
             let want = p < usize::from(n);
-            self.tap.set_queue_enabled(p, want).map_err(|e| {
-                format!(
-                    "cannot {} TAP queue {p}: {e}",
+            self.tap
+                .set_queue_enabled(p, want)
+                .map_err(DeviceError::backend(format!(
+                    "cannot {} TAP queue {p}",
                     if want { "attach" } else { "detach" }
-                )
-            })?;
+                )))?;
         }
         self.pairs_in_use = n;
         self.counters
@@ -422,9 +408,10 @@ impl VirtioDevice for NetDevice {
             2
         };
         self.apply_offloads(self.features & GUEST_OFFLOADS)
-            .map_err(|e| {
-                DeviceError::Backend(format!("TUNSETOFFLOAD on TAP {}: {e}", self.tap.name()))
-            })?;
+            .map_err(DeviceError::backend(format!(
+                "TUNSETOFFLOAD on TAP {}",
+                self.tap.name()
+            )))?;
         let w = ctx.waker();
         self.poller.set_waker(w.clone());
         self.waker = Some(w);
@@ -433,7 +420,7 @@ impl VirtioDevice for NetDevice {
             self.rx[p].prepare(size);
         }
         self.active = true;
-        let old = self.switch_pairs(1).map_err(DeviceError::Backend)?;
+        let old = self.switch_pairs(1)?;
         self.start_pairs(old, ctx)
     }
 
@@ -522,7 +509,7 @@ impl VirtioDevice for NetDevice {
         c.allmulti.store(false, Ordering::Relaxed);
     }
 
-    fn stats(&self) -> String {
-        self.counters.summary()
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.counters.clone())
     }
 }

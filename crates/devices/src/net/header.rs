@@ -13,7 +13,7 @@
 //!   not be): partial checksums need GUEST_CSUM, segments GUEST_TSO4/6 (+ GUEST_ECN).
 
 use super::features::has;
-use std::fmt;
+use thiserror::Error;
 use virtio_bindings::virtio_net::*;
 
 /// Header length.
@@ -76,38 +76,26 @@ fn clear_flags(buf: &mut [u8]) {
 }
 
 /// What is wrong with a transmit header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HeaderError {
     /// The chain is shorter than a header plus an Ethernet header.
+    #[error("packet of {0} bytes is shorter than the headers")]
     Short(usize),
     /// A flag other than NEEDS_CSUM (DATA_VALID and RSC_INFO are for receive only).
+    #[error("invalid flags {0:#x}")]
     Flags(u8),
     /// NEEDS_CSUM without VIRTIO_NET_F_CSUM.
+    #[error("NEEDS_CSUM without VIRTIO_NET_F_CSUM")]
     CsumNotNegotiated,
     /// The checksum field lies outside the frame.
+    #[error("checksum at {start}+{offset} outside the {len}-byte frame")]
     CsumOutside { start: u16, offset: u16, len: usize },
     /// A segmentation type that was not negotiated (or does not exist).
+    #[error("segmentation type {0:#x} not negotiated")]
     GsoType(u8),
     /// Segmentation without NEEDS_CSUM, or with an MSS of 0.
+    #[error("segmentation without NEEDS_CSUM or with gso_size 0")]
     GsoIncomplete,
-}
-
-impl fmt::Display for HeaderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HeaderError::Short(n) => write!(f, "packet of {n} bytes is shorter than the headers"),
-            HeaderError::Flags(x) => write!(f, "invalid flags {x:#x}"),
-            HeaderError::CsumNotNegotiated => f.write_str("NEEDS_CSUM without VIRTIO_NET_F_CSUM"),
-            HeaderError::CsumOutside { start, offset, len } => write!(
-                f,
-                "checksum at {start}+{offset} outside the {len}-byte frame"
-            ),
-            HeaderError::GsoType(t) => write!(f, "segmentation type {t:#x} not negotiated"),
-            HeaderError::GsoIncomplete => {
-                f.write_str("segmentation without NEEDS_CSUM or with gso_size 0")
-            }
-        }
-    }
 }
 
 /// Checks the header of a packet the driver transmits: `pkt` is header plus frame, `features`

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use thiserror::Error;
 
 /// A 48-bit Ethernet address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -51,16 +52,15 @@ impl MacAddr {
 }
 
 /// Why a MAC address was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MacError(String);
-
-impl fmt::Display for MacError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MacError {
+    #[error("invalid MAC address `{0}` (expected six hex octets like 52:54:00:12:34:56)")]
+    Malformed(String),
+    #[error("MAC address {0} is a multicast/broadcast address (the first octet must be even)")]
+    Group(MacAddr),
+    #[error("MAC address 00:00:00:00:00:00 is not usable")]
+    Zero,
 }
-
-impl std::error::Error for MacError {}
 
 impl FromStr for MacAddr {
     type Err = MacError;
@@ -68,11 +68,7 @@ impl FromStr for MacAddr {
     /// Six hexadecimal octets separated by `:` or `-` (`52:54:00:12:34:56`). The address must
     /// be a usable unicast station address: not multicast or broadcast, not all zero.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            MacError(format!(
-                "invalid MAC address `{s}` (expected six hex octets like 52:54:00:12:34:56)"
-            ))
-        };
+        let bad = || MacError::Malformed(s.to_string());
         let sep = if s.contains('-') { '-' } else { ':' };
         let mut out = [0u8; 6];
         let mut n = 0;
@@ -88,14 +84,10 @@ impl FromStr for MacAddr {
         }
         let mac = MacAddr(out);
         if mac.is_multicast() {
-            return Err(MacError(format!(
-                "MAC address {mac} is a multicast/broadcast address (the first octet must be even)"
-            )));
+            return Err(MacError::Group(mac));
         }
         if mac.is_zero() {
-            return Err(MacError(
-                "MAC address 00:00:00:00:00:00 is not usable".into(),
-            ));
+            return Err(MacError::Zero);
         }
         Ok(mac)
     }

@@ -17,6 +17,7 @@
 //!
 //! Modules, one concept each:
 //! * [`device`]: the [`NetDevice`] (queue layout, activation, scheduling of the work);
+//! * `kind`: the `net` subcommand ([`Net`], [`NetArgs`]);
 //! * `rx` / `tx`: the receive and transmit paths of one queue pair;
 //! * `ctrl`: control-queue commands; `filter`: the receive filter they program;
 //! * `header`: the virtio-net header and its checks; `features`: offered features and TAP
@@ -29,6 +30,7 @@ pub mod device;
 mod features;
 mod filter;
 mod header;
+mod kind;
 mod mac;
 mod poller;
 mod rx;
@@ -39,8 +41,11 @@ mod tx;
 #[cfg(test)]
 mod tests;
 
-pub use config::{check_mtu, NetOptions, DEFAULT_QUEUE_SIZE, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU};
+pub use config::{
+    check_mtu, NetOptions, OptionsError, DEFAULT_QUEUE_SIZE, MAX_MTU, MAX_QUEUE_PAIRS, MIN_MTU,
+};
 pub use device::{NetDevice, NetError};
+pub use kind::{Net, NetArgs};
 pub use mac::{MacAddr, MacError};
 pub use stats::{NetCounters, PairCounters};
 pub use tap::TapError;

@@ -10,6 +10,7 @@
 //! flags and coalesced into one [`Waker::wake`].
 
 use epf_device::Waker;
+use epf_epc::sync;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,7 +75,7 @@ impl Poller {
 
     /// The waker to call on events (the worker's; set at activation).
     pub fn set_waker(&self, w: Waker) {
-        *self.shared.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+        *sync::lock(&self.shared.waker) = Some(w);
     }
 
     /// Arms queue `pair` for one event: readable if `input`, writable if `output`; with
@@ -139,7 +140,7 @@ fn run(s: &Shared, epoll: &Epoll) {
             any = true;
         }
         if any {
-            if let Some(w) = s.waker.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            if let Some(w) = sync::lock(&s.waker).as_ref() {
                 w.wake();
             }
         }

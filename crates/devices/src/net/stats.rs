@@ -3,7 +3,7 @@
 //! every kind of drop) and for the device (queue pairs in use, receive filter state, control
 //! commands, TAP offloads). Cumulative over resets; updated with relaxed atomics by the worker.
 
-use std::fmt::Write as _;
+use epf_device::{CounterSource, Counters};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Counters of one queue pair.
@@ -78,44 +78,44 @@ impl NetCounters {
             tap_offloads: AtomicU64::new(0),
         }
     }
+}
 
-    /// The counters as text: a `net:` line, then one `net pair N:` line per pair, each
-    /// `key=value` separated by spaces.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "net: tap={} pairs={}/{} promisc={} allmulti={} ctrl_ok={} ctrl_err={} tap_offloads={}\n",
-            self.tap,
-            get(&self.active_pairs),
-            self.pairs.len(),
-            u8::from(self.promisc.load(Ordering::Relaxed)),
-            u8::from(self.allmulti.load(Ordering::Relaxed)),
-            get(&self.ctrl_ok),
-            get(&self.ctrl_err),
-            super::features::tun_offload_names(get(&self.tap_offloads) as u32),
-        );
-        for (i, p) in self.pairs.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "net pair {i}: rx_packets={} rx_bytes={} rx_gso={} rx_buffers={} rx_oversize={} rx_filtered={} rx_bad={} rx_no_buffers={} tx_packets={} tx_bytes={} tx_gso={} tx_max_frame={} tx_malformed={} tx_oversize={} tx_errors={} tx_blocked={}",
-                get(&p.rx_packets),
-                get(&p.rx_bytes),
-                get(&p.rx_gso),
-                get(&p.rx_buffers),
-                get(&p.rx_oversize),
-                get(&p.rx_filtered),
-                get(&p.rx_bad),
-                get(&p.rx_no_buffers),
-                get(&p.tx_packets),
-                get(&p.tx_bytes),
-                get(&p.tx_gso),
-                get(&p.tx_max_frame),
-                get(&p.tx_malformed),
-                get(&p.tx_oversize),
-                get(&p.tx_errors),
-                get(&p.tx_blocked),
+/// A `net:` line, then one `net pair N:` line per pair.
+impl CounterSource for NetCounters {
+    fn report(&self, out: &mut Counters) {
+        out.line("net")
+            .field("tap", &self.tap)
+            .field(
+                "pairs",
+                format_args!("{}/{}", get(&self.active_pairs), self.pairs.len()),
+            )
+            .field("promisc", u8::from(self.promisc.load(Ordering::Relaxed)))
+            .field("allmulti", u8::from(self.allmulti.load(Ordering::Relaxed)))
+            .field("ctrl_ok", get(&self.ctrl_ok))
+            .field("ctrl_err", get(&self.ctrl_err))
+            .field(
+                "tap_offloads",
+                super::features::tun_offload_names(get(&self.tap_offloads) as u32),
             );
+        for (i, p) in self.pairs.iter().enumerate() {
+            out.line(format_args!("net pair {i}"))
+                .field("rx_packets", get(&p.rx_packets))
+                .field("rx_bytes", get(&p.rx_bytes))
+                .field("rx_gso", get(&p.rx_gso))
+                .field("rx_buffers", get(&p.rx_buffers))
+                .field("rx_oversize", get(&p.rx_oversize))
+                .field("rx_filtered", get(&p.rx_filtered))
+                .field("rx_bad", get(&p.rx_bad))
+                .field("rx_no_buffers", get(&p.rx_no_buffers))
+                .field("tx_packets", get(&p.tx_packets))
+                .field("tx_bytes", get(&p.tx_bytes))
+                .field("tx_gso", get(&p.tx_gso))
+                .field("tx_max_frame", get(&p.tx_max_frame))
+                .field("tx_malformed", get(&p.tx_malformed))
+                .field("tx_oversize", get(&p.tx_oversize))
+                .field("tx_errors", get(&p.tx_errors))
+                .field("tx_blocked", get(&p.tx_blocked));
         }
-        s
     }
 }
 
@@ -128,7 +128,7 @@ mod tests {
         let c = NetCounters::new("tap0", 2);
         add(&c.pairs[1].tx_gso, 3);
         c.active_pairs.store(2, Ordering::Relaxed);
-        let s = c.summary();
+        let s = Counters::new().add(&c).text().to_string();
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(

@@ -10,63 +10,53 @@
 //! when we exit.)
 
 use std::ffi::CString;
-use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use thiserror::Error;
 
 /// Header size set with `TUNSETVNETHDRSZ` (struct virtio_net_hdr_v1).
 const VNET_HDR_SZ: libc::c_int = super::header::HDR_LEN as libc::c_int;
 
 /// Why the TAP could not be used; each message is one line naming the TAP.
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum TapError {
     /// The name cannot be an interface name.
+    #[error("`{0}` is not a valid interface name")]
     BadName(String),
     /// No interface of that name in our network namespace.
+    #[error("TAP device {0} does not exist (create it first, e.g. `ip tuntap add dev {0} mode tap multi_queue`)")]
     Missing(String),
     /// `/dev/net/tun` could not be opened.
-    NoTun(io::Error),
+    #[error("cannot open /dev/net/tun: {0}")]
+    NoTun(#[source] io::Error),
     /// `TUNSETIFF` refused the device (not a TAP, multi-queue mismatch, busy, permissions).
+    #[error("cannot attach to TAP device {name} with {queues} queue(s): {err}{}", attach_hint(.err, *.queues))]
     Attach {
         name: String,
         queues: u16,
+        #[source]
         err: io::Error,
     },
     /// A configuration ioctl failed.
+    #[error("TAP device {name}: {what} failed: {err}")]
     Setup {
         name: String,
         what: &'static str,
+        #[source]
         err: io::Error,
     },
 }
 
-impl fmt::Display for TapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TapError::BadName(n) => write!(f, "`{n}` is not a valid interface name"),
-            TapError::Missing(n) => write!(
-                f,
-                "TAP device {n} does not exist (create it first, e.g. `ip tuntap add dev {n} mode tap multi_queue`)"
-            ),
-            TapError::NoTun(e) => write!(f, "cannot open /dev/net/tun: {e}"),
-            TapError::Attach { name, queues, err } => {
-                let why = match err.raw_os_error() {
-                    Some(libc::EINVAL) if *queues > 1 => {
-                        " (is it a TAP created with `multi_queue`?)".to_string()
-                    }
-                    Some(libc::EINVAL) => " (is it a TAP device?)".to_string(),
-                    Some(libc::EBUSY) => " (another process has it open)".to_string(),
-                    Some(libc::EPERM) => " (needs CAP_NET_ADMIN or ownership of the TAP)".to_string(),
-                    _ => String::new(),
-                };
-                write!(f, "cannot attach to TAP device {name} with {queues} queue(s): {err}{why}")
-            }
-            TapError::Setup { name, what, err } => write!(f, "TAP device {name}: {what} failed: {err}"),
-        }
+/// The likely reason `TUNSETIFF` refused a TAP with `queues` queues.
+fn attach_hint(err: &io::Error, queues: u16) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::EINVAL) if queues > 1 => " (is it a TAP created with `multi_queue`?)",
+        Some(libc::EINVAL) => " (is it a TAP device?)",
+        Some(libc::EBUSY) => " (another process has it open)",
+        Some(libc::EPERM) => " (needs CAP_NET_ADMIN or ownership of the TAP)",
+        _ => "",
     }
 }
-
-impl std::error::Error for TapError {}
 
 /// An `ifreq` naming `name` (which fits: checked by [`Tap::open`]).
 fn ifreq(name: &str) -> libc::ifreq {

@@ -1,8 +1,17 @@
 //! virtio-rng (virtio 1.2 section 5.4): one request queue; every device-writable buffer the
 //! driver posts is filled with bytes from the OS CSPRNG (`getrandom(2)`).
+//!
+//! [`RngDevice`] is the device; [`Rng`] (in `kind`) is how the command offers it.
 
-use epf_device::{DescriptorChain, DeviceContext, DeviceError, VirtioDevice};
+mod kind;
+
+pub use kind::{Rng, RngArgs};
+
+use epf_device::{
+    CounterSource, Counters, DescriptorChain, DeviceContext, DeviceError, VirtioDevice,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 /// Largest number of bytes handed out per request (the driver asks for small amounts; a
@@ -13,7 +22,22 @@ const MAX_PER_REQUEST: usize = 64 * 1024;
 pub struct RngDevice {
     queue_size: u16,
     chain: DescriptorChain,
-    bytes: AtomicU64,
+    counters: Arc<RngCounters>,
+}
+
+/// `rng: requests=.. bytes=..`: buffers filled and the bytes put in them.
+#[derive(Debug, Default)]
+pub struct RngCounters {
+    pub requests: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl CounterSource for RngCounters {
+    fn report(&self, out: &mut Counters) {
+        out.line("rng")
+            .field("requests", self.requests.load(Ordering::Relaxed))
+            .field("bytes", self.bytes.load(Ordering::Relaxed));
+    }
 }
 
 impl RngDevice {
@@ -22,7 +46,7 @@ impl RngDevice {
         RngDevice {
             queue_size,
             chain: DescriptorChain::default(),
-            bytes: AtomicU64::new(0),
+            counters: Arc::default(),
         }
     }
 }
@@ -45,7 +69,7 @@ fn fill_random(buf: &mut [u8]) -> Result<(), DeviceError> {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(DeviceError::Backend(format!("getrandom: {e}")));
+            return Err(DeviceError::backend("getrandom")(e));
         }
         done += n as usize;
     }
@@ -91,14 +115,17 @@ impl VirtioDevice for RngDevice {
             queue
                 .add_used(self.chain.head(), written)
                 .map_err(DeviceError::queue(q))?;
-            self.bytes.fetch_add(written as u64, Ordering::Relaxed);
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .bytes
+                .fetch_add(written as u64, Ordering::Relaxed);
         }
         Ok(())
     }
 
     fn reset(&mut self) {}
 
-    fn stats(&self) -> String {
-        format!("rng: bytes={}", self.bytes.load(Ordering::Relaxed))
+    fn stats(&self) -> Option<Arc<dyn CounterSource>> {
+        Some(self.counters.clone())
     }
 }
