@@ -34,15 +34,23 @@ mod tests {
 
     #[test]
     fn probes_see_what_the_process_takes() {
+        // Other tests of this binary run on other threads and open files and allocate
+        // meanwhile: what is asserted is far beyond what they do.
         let rss = rss_kib();
         assert!(rss > 0);
         let fds = open_fds();
-        let f = std::fs::File::open("/proc/self/status").unwrap();
-        assert_eq!(open_fds(), fds + 1);
-        drop(f);
-        assert_eq!(open_fds(), fds);
-        let v = std::hint::black_box(vec![1u8; 64 << 20]);
-        assert!(rss_kib() >= rss + 60 * 1024, "64 MiB touched");
+        let files: Vec<_> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/status").unwrap())
+            .collect();
+        let with = open_fds();
+        assert!(with >= fds + 48, "64 files opened: {fds} -> {with}");
+        drop(files);
+        let v = std::hint::black_box(vec![1u8; 256 << 20]);
+        let grown = rss_kib();
+        assert!(
+            grown >= rss + 192 * 1024,
+            "256 MiB touched: {rss} -> {grown} KiB"
+        );
         drop(v);
     }
 }
