@@ -252,6 +252,9 @@ fn virtio_net_on_the_kernel_epf_pings_and_moves_data_each_way() {
         // rig (about 150 us), which holds TCP here to 90-180 KB/s; the issue's 64 MiB run
         // takes about 20 minutes (VIRTIO_EPF_RIG_NET_BYTES=67108864).
         .unwrap_or(4 << 20);
+    // Time for both transfers: 10 minutes, plus a second per 40 KB (the rig's slowest rate).
+    let xfer_secs = 600 + n / 40_000;
+    let (wait_secs, vm_secs) = (xfer_secs + 300, (xfer_secs + 600).to_string());
     let dma_threshold =
         std::env::var("VIRTIO_EPF_RIG_DMA_THRESHOLD").unwrap_or_else(|_| "256".into());
     let ep = format!(
@@ -265,7 +268,7 @@ epf_setup slave net0 && ip tuntap add dev tap0 mode tap vnet_hdr &&
     epf_run net0 net --tap tap0 --mac 52:54:00:ab:cd:ef --dma-threshold {dma_threshold} ||
     {{ echo "FAIL the daemon starts"; RIG_FAILED=1; }}
 python3 /tmp/xfer.py serve 10.77.0.1 5001 {n} > /tmp/peer.log 2>&1 &
-wait_file /shared/host-done 900 || RIG_FAILED=1
+wait_file /shared/host-done {wait_secs} || RIG_FAILED=1
 check "the daemon is still running" kill -0 $DAEMON
 kill -INT $DAEMON; wait $DAEMON
 echo "daemon exit $?"
@@ -293,12 +296,12 @@ ping -c 3 -W 5 10.77.0.1 > /dev/null
 ping -c 100 -i 0.05 -W 5 10.77.0.1 > /tmp/ping.txt
 tail -2 /tmp/ping.txt
 check "100 pings, none lost" grep -q " 0% packet loss" /tmp/ping.txt
-timeout 600 python3 /tmp/xfer.py connect 10.77.0.1 5001 {n} || echo "FAIL 64 MiB transfers"
+timeout {xfer_secs} python3 /tmp/xfer.py connect 10.77.0.1 5001 {n} || echo "FAIL the transfers"
 finish
 "#
     );
     let bin = virtio_epf();
-    let r = rig_with("epf-net", &ep, &host, &[], &[&bin]);
+    let r = rig_with("epf-net", &ep, &host, &["--timeout", &vm_secs], &[&bin]);
     let stats = std::fs::read_to_string(r.ep_job.join("epf.stats")).unwrap_or_default();
     eprintln!("daemon counters:\n{stats}");
     r.assert_ok();
