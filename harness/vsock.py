@@ -7,10 +7,13 @@
   echo-many N PORT BYTES    N concurrent connections to CID 2 PORT, each sends BYTES bytes of
                             its own pattern, shuts down writing and expects them echoed back
   half PORT FILE BYTES      connect, send the first BYTES of FILE, then close abruptly
+  hold PORT TAG             connect, touch TAG.connected, read until the connection ends;
+                            prints "reset" (ECONNRESET) or "eof"
   rr PORT COUNT SIZE        COUNT round trips of SIZE bytes; prints microseconds per round trip
-  stream-recv PORT SECONDS  accept one, read for SECONDS; prints MB/s
+  stream-recv PORT TAG      listen, touch TAG.listening, accept one, read to EOF; prints MB/s
   stream-send PORT SECONDS  connect to CID 2 PORT, write for SECONDS; prints MB/s
-Exit status 0 only if everything checked out.
+PORT may also be IP:PORT: the same over TCP (the comparison with virtio-net in
+bench/vsock.sh). Exit status 0 only if everything checked out.
 """
 import hashlib
 import os
@@ -22,11 +25,32 @@ import time
 HOST = 2  # VMADDR_CID_HOST: the endpoint
 
 
+def parse(port):
+    """(family, address to connect to, address to listen on) of PORT or IP:PORT."""
+    if ":" in str(port):
+        ip, p = str(port).rsplit(":", 1)
+        return socket.AF_INET, (ip, int(p)), ("0.0.0.0", int(p))
+    return socket.AF_VSOCK, (HOST, int(port)), (socket.VMADDR_CID_ANY, int(port))
+
+
 def connect(port):
-    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    fam, addr, _ = parse(port)
+    s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(600)
-    s.connect((HOST, port))
+    s.connect(addr)
+    if fam == socket.AF_INET:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
+
+
+def listen(port):
+    fam, _, addr = parse(port)
+    l = socket.socket(fam, socket.SOCK_STREAM)
+    if fam == socket.AF_INET:
+        l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(addr)
+    l.listen(16)
+    return l
 
 
 def pattern(n, seed):
@@ -66,9 +90,7 @@ def send(port, path):
 
 
 def recv(port, tag):
-    l = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    l.bind((socket.VMADDR_CID_ANY, port))
-    l.listen(16)
+    l = listen(port)
     open(tag + ".listening", "w").close()
     c, peer = l.accept()
     c.settimeout(600)
@@ -118,9 +140,18 @@ def half(port, path, nbytes):
     print(f"sent {nbytes} bytes then closed")
 
 
+def hold(port, tag):
+    s = connect(port)
+    open(tag + ".connected", "w").close()
+    try:
+        read_to_eof(s)
+        print("eof")
+    except ConnectionResetError:
+        print("reset")
+
+
 def rr(port, count, size):
     s = connect(port)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     msg = b"x" * size
     t = time.monotonic()
     for _ in range(count):
@@ -134,6 +165,7 @@ def rr(port, count, size):
     dt = time.monotonic() - t
     s.close()
     print(f"rr {count} x {size} B: {dt / count * 1e6:.1f} us per round trip")
+    print(f"RESULT rr_us={dt / count * 1e6:.1f}")
 
 
 def stream_send(port, seconds):
@@ -147,37 +179,39 @@ def stream_send(port, seconds):
     dt = time.monotonic() - t
     s.close()
     print(f"stream-send {n} bytes in {dt:.2f} s: {n / dt / 1e6:.1f} MB/s")
+    print(f"RESULT send_mbs={n / dt / 1e6:.1f}")
 
 
 def stream_recv(port, out):
-    l = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-    l.bind((socket.VMADDR_CID_ANY, port))
-    l.listen(1)
+    l = listen(port)
     open(out + ".listening", "w").close()
     c, _ = l.accept()
     t = time.monotonic()
     n = read_to_eof(c)
     dt = time.monotonic() - t
     print(f"stream-recv {n} bytes in {dt:.2f} s: {n / dt / 1e6:.1f} MB/s")
+    print(f"RESULT recv_mbs={n / dt / 1e6:.1f}")
 
 
 def main():
     a = sys.argv[1:]
     cmd = a[0] if a else ""
     if cmd == "send":
-        send(int(a[1]), a[2])
+        send(a[1], a[2])
     elif cmd == "recv":
-        recv(int(a[1]), a[2])
+        recv(a[1], a[2])
     elif cmd == "echo-many":
-        echo_many(int(a[1]), int(a[2]), int(a[3]))
+        echo_many(int(a[1]), a[2], int(a[3]))
     elif cmd == "half":
-        half(int(a[1]), a[2], int(a[3]))
+        half(a[1], a[2], int(a[3]))
+    elif cmd == "hold":
+        hold(a[1], a[2])
     elif cmd == "rr":
-        rr(int(a[1]), int(a[2]), int(a[3]))
+        rr(a[1], int(a[2]), int(a[3]))
     elif cmd == "stream-send":
-        stream_send(int(a[1]), float(a[2]))
+        stream_send(a[1], float(a[2]))
     elif cmd == "stream-recv":
-        stream_recv(int(a[1]), a[2])
+        stream_recv(a[1], a[2])
     else:
         sys.exit(__doc__)
 

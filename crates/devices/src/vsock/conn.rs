@@ -82,6 +82,8 @@ pub struct Conn {
     pub writable: bool,
     /// The host's credit ran out while the endpoint had data (counted once per stall).
     pub stalled: bool,
+    /// Our buffer for the endpoint filled: the host is out of credit (once per stall).
+    pub endpoint_stalled: bool,
 }
 
 /// What a socket operation found.
@@ -119,6 +121,7 @@ impl Conn {
             readable: true,
             writable: true,
             stalled: false,
+            endpoint_stalled: false,
         }
     }
 

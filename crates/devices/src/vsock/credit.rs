@@ -71,12 +71,16 @@ impl Credit {
 
     /// Counts `n` bytes received from the host; refuses them if they exceed our buffer.
     pub fn received(&mut self, n: u32) -> Result<(), CreditError> {
-        let held = self.rx_cnt.wrapping_sub(self.fwd_cnt);
-        if u64::from(held) + u64::from(n) > u64::from(self.buf_alloc) {
+        if u64::from(self.held()) + u64::from(n) > u64::from(self.buf_alloc) {
             return Err(CreditError::Overflow);
         }
         self.rx_cnt = self.rx_cnt.wrapping_add(n);
         Ok(())
+    }
+
+    /// Bytes from the host not yet handed to the endpoint.
+    pub fn held(&self) -> u32 {
+        self.rx_cnt.wrapping_sub(self.fwd_cnt)
     }
 
     /// Counts `n` bytes handed to the endpoint.

@@ -110,7 +110,7 @@ impl VsockDevice {
 
     /// Drops every connection and tells the driver with a TRANSPORT_RESET event, so that
     /// host sockets connected through the device are reset too (the endpoint's side of
-    /// them is gone).
+    /// them is gone). An endpoint client asks for it by writing `RESET\n` to `--uds-path`.
     pub fn transport_reset(&mut self) {
         self.muxer.clear();
         self.reset_event = true;
@@ -205,6 +205,9 @@ impl VsockDevice {
     fn pump(&mut self, ctx: &mut DeviceContext<'_>) -> Result<(), DeviceError> {
         self.transmit(ctx)?;
         self.muxer.service();
+        if self.muxer.take_reset_request() {
+            self.transport_reset();
+        }
         self.receive(ctx)?;
         self.event(ctx)?;
         self.muxer.publish();

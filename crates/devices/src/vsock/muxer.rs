@@ -4,7 +4,9 @@
 //! Host applications connect to CID 2 port P: the REQUEST makes us connect to the Unix
 //! socket `<uds-path>_P`. Endpoint applications connect to `<uds-path>` and write
 //! `CONNECT P\n`: we send the host a REQUEST for its port P and, on RESPONSE, answer the
-//! application `OK <our port>\n`. Everything runs on the worker thread with non-blocking
+//! application `OK <our port>\n`. A client writing `RESET\n` instead (the endpoint's
+//! supervisor, after restarting its services) drops every connection; the device then sends
+//! the host a TRANSPORT_RESET event. Everything runs on the worker thread with non-blocking
 //! sockets; the poller thread only says which sockets changed.
 //!
 //! Bounds: at most `max_conns` connections; per connection at most `conn_buf` bytes from
@@ -58,6 +60,8 @@ pub struct Muxer {
     /// The connection served last (round robin over connections with data).
     cursor: u64,
     ready: Vec<u64>,
+    /// An endpoint client asked for a transport reset (`RESET\n`).
+    reset_requested: bool,
     counters: Arc<VsockCounters>,
 }
 
@@ -80,6 +84,7 @@ impl Muxer {
             rsts: VecDeque::new(),
             cursor: 0,
             ready: Vec::new(),
+            reset_requested: false,
             counters,
         })
     }
@@ -111,6 +116,11 @@ impl Muxer {
         }
         self.rsts.clear();
         self.publish();
+    }
+
+    /// Whether an endpoint client asked for a transport reset since the last call.
+    pub fn take_reset_request(&mut self) -> bool {
+        std::mem::take(&mut self.reset_requested)
     }
 
     /// Publishes the per-state connection counts.
@@ -267,6 +277,10 @@ impl Muxer {
                 } else {
                     VsockCounters::bump(&self.counters.to_endpoint_packets, 1);
                     c.to_endpoint.extend(data);
+                    if c.credit.held() == c.credit.buf_alloc && !c.endpoint_stalled {
+                        c.endpoint_stalled = true;
+                        VsockCounters::bump(&self.counters.stalls_to_endpoint, 1);
+                    }
                 }
             }
             OP_CREDIT_UPDATE => {}
@@ -288,6 +302,9 @@ impl Muxer {
         };
         match c.flush() {
             Ok(n) => {
+                if n > 0 {
+                    c.endpoint_stalled = false;
+                }
                 c.credit.forwarded(n);
                 VsockCounters::bump(&self.counters.to_endpoint_bytes, u64::from(n));
                 if c.credit.update_due() {
@@ -398,6 +415,7 @@ impl Muxer {
         };
         let Some(end) = buf[..n].iter().position(|&b| b == b'\n') else {
             if n == MAX_CONNECT_LINE {
+                let _ = c.read(&mut buf);
                 self.bad_connect_line(t);
             } else {
                 // Part of the line: wait for the rest.
@@ -405,11 +423,23 @@ impl Muxer {
             }
             return;
         };
+        if buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]) == b"RESET" {
+            // The endpoint's supervisor says its services restarted: every connection goes,
+            // and the host hears of it through a TRANSPORT_RESET event.
+            log::info!("vsock: RESET from an endpoint client: dropping every connection");
+            // Consume the line (a socket closed with unread bytes resets the client).
+            let _ = c.read(&mut buf[..end + 1]);
+            let _ = (&c.stream).write(b"OK RESET\n");
+            self.reset_requested = true;
+            self.clear();
+            return;
+        }
         let port = std::str::from_utf8(&buf[..end])
             .ok()
             .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
             .and_then(|p| p.trim().parse::<u32>().ok());
         let Some(port) = port else {
+            let _ = c.read(&mut buf[..end + 1]);
             return self.bad_connect_line(t);
         };
         // Consume the line (it is there: we just peeked it).
@@ -502,7 +532,7 @@ impl Muxer {
                 if !c.stalled {
                     c.stalled = true;
                     c.owed.credit_request = true;
-                    VsockCounters::bump(&self.counters.credit_stalls, 1);
+                    VsockCounters::bump(&self.counters.stalls_to_host, 1);
                 }
                 continue;
             }

@@ -1,5 +1,6 @@
 //! `vsock: ...` counters: connections per state, connections opened each way and refused,
-//! bytes and packets each way, resets, refused headers, credit violations and stalls.
+//! bytes and packets each way, resets, refused headers, protocol violations, and credit
+//! stalls each way.
 
 use super::conn::State;
 use epf_device::{CounterSource, Counters};
@@ -31,8 +32,11 @@ pub struct VsockCounters {
     /// Packets from the host breaking the protocol of a connection (credit overrun, bad
     /// `fwd_cnt`, data on a connection not established or shut, duplicate REQUEST).
     pub protocol_errors: AtomicU64,
-    /// Times a connection had data for the host but no credit.
-    pub credit_stalls: AtomicU64,
+    /// Times a connection had endpoint data for the host but the host's buffer was full.
+    pub stalls_to_host: AtomicU64,
+    /// Times a connection's buffer for the endpoint filled (a slow endpoint reader): the
+    /// host has no credit until the endpoint takes some.
+    pub stalls_to_endpoint: AtomicU64,
     /// TRANSPORT_RESET events sent.
     pub transport_resets: AtomicU64,
 }
@@ -63,7 +67,8 @@ impl CounterSource for VsockCounters {
             .field("rst_dropped", get(&self.rst_dropped))
             .field("bad_headers", get(&self.bad_headers))
             .field("protocol_errors", get(&self.protocol_errors))
-            .field("credit_stalls", get(&self.credit_stalls))
+            .field("stalls_to_host", get(&self.stalls_to_host))
+            .field("stalls_to_endpoint", get(&self.stalls_to_endpoint))
             .field("transport_resets", get(&self.transport_resets));
     }
 }

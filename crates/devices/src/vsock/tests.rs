@@ -212,7 +212,7 @@ fn endpoint_connects_with_a_connect_line_and_respects_host_credit() {
         .map(|(h, _)| h.len as usize)
         .sum();
     assert_eq!(sent + more, 10, "{p:?}");
-    assert!(t.count(|c| &c.credit_stalls) >= 1);
+    assert!(t.count(|c| &c.stalls_to_host) >= 1);
     // The host consumed it all and grants more: the rest arrives, in order.
     t.host(
         Header {
@@ -224,15 +224,21 @@ fn endpoint_connects_with_a_connect_line_and_respects_host_credit() {
     );
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while got.len() < 32 && Instant::now() < deadline {
+    while got.len() < 32 - 10 && Instant::now() < deadline {
         for (h, d) in t.drain() {
             if h.op == OP_RW {
                 got.extend(d);
             }
         }
     }
-    // The first 10 bytes went before the update.
-    assert_eq!(got.len(), 32 - 10);
+    // The first 10 bytes went before the update; the rest follows, in order, once.
+    std::thread::sleep(Duration::from_millis(20));
+    for (h, d) in t.drain() {
+        if h.op == OP_RW {
+            got.extend(d);
+        }
+    }
+    assert_eq!(got, &b"hello world, more than ten bytes"[10..]);
     assert_eq!(t.count(|c| &c.endpoint_connects), 1);
 }
 
@@ -348,6 +354,7 @@ fn protocol_violations_reset_the_connection() {
         }
     }
     assert!(reset, "{sent} bytes past a 4096-byte credit were taken");
+    assert!(t.count(|c| &c.stalls_to_endpoint) >= 1);
     assert!(t.count(|c| &c.protocol_errors) >= 1);
     drop(s);
     // A duplicate REQUEST resets the live connection.
@@ -435,4 +442,25 @@ fn clear_closes_every_endpoint_socket() {
     s.read_to_end(&mut rest).unwrap();
     assert_eq!(t.m.len(), 0);
     assert!(t.drain().is_empty());
+}
+
+#[test]
+fn a_reset_line_drops_every_connection() {
+    let mut t = T::new("reset-line", 16, 4096);
+    let l = t.listen(5000);
+    let mut s = host_connect(&mut t, &l);
+    let mut sup = UnixStream::connect(t.dir.join("v.sock")).unwrap();
+    sup.write_all(b"RESET\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.m.take_reset_request() {
+        assert!(Instant::now() < deadline, "RESET not seen");
+        t.m.service();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(t.m.is_empty());
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    let mut reply = String::new();
+    sup.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "OK RESET\n");
 }
