@@ -8,13 +8,14 @@
                             its own pattern, shuts down writing and expects them echoed back
   half PORT FILE BYTES      connect, send the first BYTES of FILE, then close abruptly
   hold PORT TAG             connect, touch TAG.connected, read until the connection ends;
-                            prints "reset" (ECONNRESET) or "eof"
+                            prints "reset" (ECONNRESET or ENOTCONN) or "eof"
   rr PORT COUNT SIZE        COUNT round trips of SIZE bytes; prints microseconds per round trip
   stream-recv PORT TAG      listen, touch TAG.listening, accept one, read to EOF; prints MB/s
   stream-send PORT SECONDS  connect to CID 2 PORT, write for SECONDS; prints MB/s
 PORT may also be IP:PORT: the same over TCP (the comparison with virtio-net in
 bench/vsock.sh). Exit status 0 only if everything checked out.
 """
+import errno
 import hashlib
 import os
 import socket
@@ -147,6 +148,11 @@ def hold(port, tag):
         read_to_eof(s)
         print("eof")
     except ConnectionResetError:
+        print("reset")
+    except OSError as e:
+        # After a TRANSPORT_RESET Linux marks the socket unconnected: ENOTCONN.
+        if e.errno != errno.ENOTCONN:
+            raise
         print("reset")
 
 
