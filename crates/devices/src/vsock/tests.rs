@@ -464,3 +464,30 @@ fn a_reset_line_drops_every_connection() {
     sup.read_to_string(&mut reply).unwrap();
     assert_eq!(reply, "OK RESET\n");
 }
+
+#[test]
+fn a_service_with_a_full_backlog_is_refused_without_blocking() {
+    use super::muxer::connect_nonblocking;
+    let mut t = T::new("backlog", 4096, 4096);
+    let _l = t.listen(5000);
+    let path = t.dir.join("v.sock_5000");
+    // Fill the listen backlog of a service that never accepts.
+    let mut held = Vec::new();
+    loop {
+        match connect_nonblocking(&path) {
+            Ok(s) => held.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(held.len() < 100_000, "backlog never filled");
+    }
+    let start = Instant::now();
+    t.host(from_host(OP_REQUEST, 1000, 5000), &[]);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the worker blocked"
+    );
+    let p = t.drain();
+    assert!(is(OP_RST, 5000, 1000)(&p[0].0), "{p:?}");
+    assert_eq!(t.count(|c| &c.refused), 1);
+}
