@@ -192,3 +192,40 @@ fn vsock_short_transmit_chain_needs_reset() {
         rig.finish();
     });
 }
+
+#[test]
+fn vsock_driver_reset_closes_connections_and_a_new_driver_starts_clean() {
+    bounded(LIMIT, || {
+        let dir = scratch("reset");
+        let rig = rig(Box::new(device(&dir)));
+        let l = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+        let mut h = up(&rig);
+        h.send(from_host(OP_REQUEST, 1234, 5000), &[]);
+        assert_eq!(h.recv().0.op, OP_RESPONSE);
+        let (mut s, _) = l.accept().unwrap();
+        h.drv.reset().unwrap();
+        assert_eq!(h.drv.status(), 0);
+        // The endpoint's side of the connection closes with the driver's.
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+        drop(h);
+        let mut h = up(&rig);
+        h.send(from_host(OP_REQUEST, 1234, 5000), &[]);
+        let (p, _) = h.recv();
+        assert_eq!(
+            p.op, OP_RESPONSE,
+            "the same ports open again after the reset"
+        );
+        let (mut s, _) = l.accept().unwrap();
+        let mut rw = from_host(OP_RW, 1234, 5000);
+        rw.len = 3;
+        h.send(rw, b"abc");
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        drop(h);
+        rig.finish();
+    });
+}
