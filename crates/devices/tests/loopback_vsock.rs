@@ -120,6 +120,7 @@ fn device(dir: &std::path::Path) -> VsockDevice {
         conn_buf: 64 * 1024,
         max_conns: 8,
         queue_size: 64,
+        connect_timeout: Duration::from_millis(500),
     })
     .unwrap()
 }
@@ -225,6 +226,31 @@ fn vsock_driver_reset_closes_connections_and_a_new_driver_starts_clean() {
         let mut got = [0u8; 3];
         s.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"abc");
+        drop(h);
+        rig.finish();
+    });
+}
+
+#[test]
+fn vsock_endpoint_connect_times_out_when_the_host_never_answers() {
+    bounded(LIMIT, || {
+        let dir = scratch("timeout");
+        let rig = rig(Box::new(device(&dir)));
+        let mut h = up(&rig);
+        let mut app = std::os::unix::net::UnixStream::connect(dir.join("v.sock")).unwrap();
+        app.write_all(b"CONNECT 9000\n").unwrap();
+        let (req, _) = h.recv();
+        assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 9000, CID));
+        // No RESPONSE: the device's own timer (the poller's tick) ends it.
+        app.set_read_timeout(Some(WAIT)).unwrap();
+        let mut reply = String::new();
+        app.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "ERR timeout\n");
+        let (rst, _) = h.recv();
+        assert_eq!(
+            (rst.op, rst.src_port, rst.dst_port),
+            (OP_RST, req.src_port, 9000)
+        );
         drop(h);
         rig.finish();
     });

@@ -84,6 +84,8 @@ pub struct Conn {
     pub stalled: bool,
     /// Our buffer for the endpoint filled: the host is out of credit (once per stall).
     pub endpoint_stalled: bool,
+    /// When the REQUEST to the host was queued (endpoint-initiated connections).
+    pub requested_at: Option<std::time::Instant>,
 }
 
 /// What a socket operation found.
@@ -122,6 +124,7 @@ impl Conn {
             writable: true,
             stalled: false,
             endpoint_stalled: false,
+            requested_at: None,
         }
     }
 

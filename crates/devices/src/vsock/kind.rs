@@ -55,6 +55,7 @@ impl DeviceKind for Vsock {
             conn_buf: a.conn_buffer,
             max_conns: a.max_connections as usize,
             queue_size: a.queue_size,
+            connect_timeout: super::muxer::CONNECT_TIMEOUT,
         };
         let dev = VsockDevice::new(cfg).map_err(|e| {
             let in_use = e.kind() == std::io::ErrorKind::AddrInUse;

@@ -70,6 +70,9 @@ pub struct VsockConfig {
     pub conn_buf: u32,
     pub max_conns: usize,
     pub queue_size: u16,
+    /// How long an endpoint-initiated connection waits for the host's RESPONSE
+    /// ([`muxer::CONNECT_TIMEOUT`] from the command).
+    pub connect_timeout: std::time::Duration,
 }
 
 /// The socket device.
@@ -95,6 +98,7 @@ impl VsockDevice {
                 uds_path: cfg.uds_path.clone(),
                 conn_buf: cfg.conn_buf,
                 max_conns: cfg.max_conns,
+                connect_timeout: cfg.connect_timeout,
             },
             counters.clone(),
         )?;

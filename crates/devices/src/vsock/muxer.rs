@@ -27,6 +27,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Resets waiting for a receive buffer at most; more are dropped (and counted).
 pub const MAX_PENDING_RST: usize = 1024;
@@ -42,7 +43,12 @@ pub struct MuxerConfig {
     /// Buffer advertised to the host per connection (bytes).
     pub conn_buf: u32,
     pub max_conns: usize,
+    /// How long an endpoint-initiated connection waits for the host's RESPONSE.
+    pub connect_timeout: Duration,
 }
+
+/// The default of [`MuxerConfig::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connection table and the endpoint's listening socket.
 pub struct Muxer {
@@ -351,12 +357,25 @@ impl Muxer {
             let Some(c) = self.conns.get(&t) else {
                 continue;
             };
-            if c.state == State::AwaitingConnect && c.readable {
+            if c.state == State::Connecting {
+                if c.requested_at
+                    .is_some_and(|at| at.elapsed() >= self.cfg.connect_timeout)
+                {
+                    // The host never answered: the application hears why, the host gets RST
+                    // in case it answers late.
+                    log::info!("vsock: host port {} never answered", c.peer_port);
+                    let _ = (&c.stream).write(b"ERR timeout\n");
+                    VsockCounters::bump(&self.counters.connect_timeouts, 1);
+                    self.reset_conn(t);
+                }
+            } else if c.state == State::AwaitingConnect && c.readable {
                 self.connect_line(t);
             } else if !c.to_endpoint.is_empty() && c.writable {
                 self.flush_conn(t);
             }
         }
+        let waiting = self.conns.values().any(|c| c.state == State::Connecting);
+        self.poller.set_tick(waiting);
     }
 
     fn accept(&mut self) {
@@ -454,6 +473,7 @@ impl Muxer {
         c.peer_port = port;
         c.state = State::Connecting;
         c.owed.request = true;
+        c.requested_at = Some(Instant::now());
         self.by_ports.insert((local, port), t);
     }
 

@@ -6,13 +6,16 @@
 //! sockets are registered edge-triggered: an event means "something changed", the worker
 //! remembers per connection that it may read or write and clears that only when the socket
 //! says `EAGAIN`. The ready set is one entry per socket, so it is bounded by the number of
-//! connections whatever the event rate, and wake-ups coalesce in the [`Waker`].
+//! connections whatever the event rate, and wake-ups coalesce in the [`Waker`]. While the
+//! worker has a deadline (a connection waiting for the host's RESPONSE) the thread also
+//! wakes it every [`TICK_MS`] ms.
 
 use epf_device::Waker;
 use epf_epc::sync;
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -24,7 +27,13 @@ const STOP: u64 = u64::MAX;
 struct Shared {
     waker: Mutex<Option<Waker>>,
     ready: Mutex<HashSet<u64>>,
+    /// The worker has a deadline to check: wake it every [`TICK_MS`] even without events.
+    tick: AtomicBool,
 }
+
+/// Period of the wake-ups while the worker has a deadline (connections waiting for the
+/// host's RESPONSE).
+pub const TICK_MS: i32 = 250;
 
 /// The poller: one thread for all of a device's sockets.
 pub struct Poller {
@@ -79,6 +88,11 @@ impl Poller {
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
+    /// Whether the worker wants periodic wake-ups (it has a deadline to check).
+    pub fn set_tick(&self, on: bool) {
+        self.shared.tick.store(on, Ordering::Relaxed);
+    }
+
     /// The tokens that had events since the last call.
     pub fn take_ready(&self, into: &mut Vec<u64>) {
         into.extend(sync::lock(&self.shared.ready).drain());
@@ -88,7 +102,7 @@ impl Poller {
 fn run(s: &Shared, epoll: &Epoll) {
     let mut events = vec![EpollEvent::default(); 128];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let n = match epoll.wait(TICK_MS, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -107,7 +121,7 @@ fn run(s: &Shared, epoll: &Epoll) {
                 any = true;
             }
         }
-        if any {
+        if any || (n == 0 && s.tick.load(Ordering::Relaxed)) {
             if let Some(w) = sync::lock(&s.waker).as_ref() {
                 w.wake();
             }

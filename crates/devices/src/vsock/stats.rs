@@ -17,6 +17,8 @@ pub struct VsockCounters {
     pub endpoint_connects: AtomicU64,
     /// Host REQUESTs refused: no service at `PATH_<port>`, or too many connections.
     pub refused: AtomicU64,
+    /// Endpoint-initiated connections the host never answered (closed after the timeout).
+    pub connect_timeouts: AtomicU64,
     /// Endpoint clients that sent something other than `CONNECT <port>\n`.
     pub bad_connect_lines: AtomicU64,
     pub to_endpoint_bytes: AtomicU64,
@@ -57,6 +59,7 @@ impl CounterSource for VsockCounters {
         line.field("host_connects", get(&self.host_connects))
             .field("endpoint_connects", get(&self.endpoint_connects))
             .field("refused", get(&self.refused))
+            .field("connect_timeouts", get(&self.connect_timeouts))
             .field("bad_connect_lines", get(&self.bad_connect_lines))
             .field("to_endpoint_bytes", get(&self.to_endpoint_bytes))
             .field("to_endpoint_packets", get(&self.to_endpoint_packets))

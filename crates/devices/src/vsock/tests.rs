@@ -38,6 +38,7 @@ impl T {
                 uds_path: dir.join("v.sock"),
                 conn_buf,
                 max_conns,
+                connect_timeout: Duration::from_millis(300),
             },
             counters.clone(),
         )
@@ -490,4 +491,21 @@ fn a_service_with_a_full_backlog_is_refused_without_blocking() {
     let p = t.drain();
     assert!(is(OP_RST, 5000, 1000)(&p[0].0), "{p:?}");
     assert_eq!(t.count(|c| &c.refused), 1);
+}
+
+#[test]
+fn an_unanswered_request_times_out() {
+    let mut t = T::new("timeout", 16, 4096);
+    let mut app = UnixStream::connect(t.dir.join("v.sock")).unwrap();
+    app.write_all(b"CONNECT 7000\n").unwrap();
+    let p = t.wait_for(|h| h.op == OP_REQUEST);
+    let local = p.last().unwrap().0.src_port;
+    // The host says nothing: after the timeout the application is told and the host reset.
+    let p = t.wait_for(is(OP_RST, local, 7000));
+    assert_eq!(p.len(), 1, "{p:?}");
+    let mut reply = String::new();
+    app.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "ERR timeout\n");
+    assert_eq!(t.count(|c| &c.connect_timeouts), 1);
+    assert!(t.m.is_empty());
 }
