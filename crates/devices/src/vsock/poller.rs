@@ -22,6 +22,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const STOP: u64 = u64::MAX;
+const KICK: u64 = u64::MAX - 1;
 
 #[derive(Default)]
 struct Shared {
@@ -40,6 +41,8 @@ pub struct Poller {
     shared: Arc<Shared>,
     epoll: Arc<Epoll>,
     stop: EventFd,
+    /// Makes the thread look at `tick` again.
+    kick: Arc<EventFd>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -53,15 +56,22 @@ impl Poller {
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP),
         )?;
+        let kick = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        epoll.ctl(
+            ControlOperation::Add,
+            kick.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, KICK),
+        )?;
         let shared = Arc::new(Shared::default());
-        let (s, e) = (shared.clone(), epoll.clone());
+        let (s, e, k) = (shared.clone(), epoll.clone(), kick.clone());
         let join = std::thread::Builder::new()
             .name("vsock-poller".into())
-            .spawn(move || run(&s, &e))?;
+            .spawn(move || run(&s, &e, &k))?;
         Ok(Poller {
             shared,
             epoll,
             stop,
+            kick,
             join: Some(join),
         })
     }
@@ -90,7 +100,10 @@ impl Poller {
 
     /// Whether the worker wants periodic wake-ups (it has a deadline to check).
     pub fn set_tick(&self, on: bool) {
-        self.shared.tick.store(on, Ordering::Relaxed);
+        if !self.shared.tick.swap(on, Ordering::Relaxed) && on {
+            // The thread may be sleeping without a timeout.
+            let _ = self.kick.write(1);
+        }
     }
 
     /// The tokens that had events since the last call.
@@ -99,10 +112,11 @@ impl Poller {
     }
 }
 
-fn run(s: &Shared, epoll: &Epoll) {
+fn run(s: &Shared, epoll: &Epoll, kick: &EventFd) {
     let mut events = vec![EpollEvent::default(); 128];
     loop {
-        let n = match epoll.wait(TICK_MS, &mut events) {
+        let ticking = s.tick.load(Ordering::Relaxed);
+        let n = match epoll.wait(if ticking { TICK_MS } else { -1 }, &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -114,14 +128,19 @@ fn run(s: &Shared, epoll: &Epoll) {
         {
             let mut ready = sync::lock(&s.ready);
             for ev in &events[..n] {
-                if ev.data() == STOP {
-                    return;
+                match ev.data() {
+                    STOP => return,
+                    KICK => {
+                        let _ = kick.read();
+                    }
+                    t => {
+                        ready.insert(t);
+                        any = true;
+                    }
                 }
-                ready.insert(ev.data());
-                any = true;
             }
         }
-        if any || (n == 0 && s.tick.load(Ordering::Relaxed)) {
+        if any || (n == 0 && ticking) {
             if let Some(w) = sync::lock(&s.waker).as_ref() {
                 w.wake();
             }
