@@ -168,6 +168,16 @@ fn endpoint_connect(uds: &Path, port: u32) -> Result<UnixStream, String> {
     Ok(s)
 }
 
+/// The counters once the stats file (rewritten every 500 ms) shows at least `host_connects`
+/// host connections and none established any more.
+fn settled(d: &Daemon, host_connects: u64) -> String {
+    let (stats, _) = d.wait_stats(Duration::from_secs(10), |s| {
+        s.contains("vsock:") && c(s, "established") == 0 && c(s, "host_connects") >= host_connects
+    });
+    println!("{stats}");
+    stats
+}
+
 fn c(stats: &str, key: &str) -> u64 {
     Daemon::counter(stats, "vsock", key)
 }
@@ -246,10 +256,7 @@ grep "PCI-MSIX-$addr" /proc/interrupts
     for r in svc.stop() {
         r.unwrap();
     }
-    let (stats, _) = d.wait_stats(Duration::from_secs(10), |s| {
-        s.contains("vsock:") && Daemon::counter(s, "vsock", "established") == 0
-    });
-    println!("{stats}");
+    let stats = settled(&d, 1);
     assert!(c(&stats, "to_endpoint_bytes") >= BULK as u64, "{stats}");
     assert!(c(&stats, "to_host_bytes") >= BULK as u64, "{stats}");
     assert_eq!(c(&stats, "host_connects"), 1, "{stats}");
@@ -323,10 +330,7 @@ echo "$out"
     for r in echo_svc.stop().into_iter().chain(slow_svc.stop()) {
         r.unwrap();
     }
-    let (stats, _) = d.wait_stats(Duration::from_secs(10), |s| {
-        s.contains("vsock:") && Daemon::counter(s, "vsock", "established") == 0
-    });
-    println!("{stats}");
+    let stats = settled(&d, CONNS as u64 + 1);
     let moved = (CONNS * EACH + SLOW) as u64;
     assert!(c(&stats, "to_endpoint_bytes") >= moved, "{stats}");
     assert!(
@@ -435,10 +439,7 @@ $VS echo-many 2 5001 4096 || fail "a new connection after the transport reset"
     for r in echo_svc.stop() {
         r.unwrap();
     }
-    let (stats, _) = d.wait_stats(Duration::from_secs(10), |s| {
-        s.contains("vsock:") && Daemon::counter(s, "vsock", "established") == 0
-    });
-    println!("{stats}");
+    let stats = settled(&d, 5);
     assert_eq!(c(&stats, "refused"), 1, "{stats}");
     assert_eq!(c(&stats, "host_connects"), 5, "{stats}");
     assert_eq!(c(&stats, "transport_resets"), 1, "{stats}");
@@ -521,10 +522,7 @@ xchg "qemu restart"
             println!("service: {e}");
         }
     }
-    let (stats, _) = d.wait_stats(Duration::from_secs(10), |s| {
-        s.contains("vsock:") && Daemon::counter(s, "vsock", "established") == 0
-    });
-    println!("{stats}");
+    let stats = settled(&d, 24);
     assert_eq!(c(&stats, "established"), 0, "{stats}");
     assert_eq!(Daemon::counter(&stats, "link", "clients"), 2, "{stats}");
     assert!(
