@@ -108,6 +108,14 @@ impl Muxer {
         self.conns.len()
     }
 
+    /// The most host bytes any connection holds for its endpoint, and the resets waiting
+    /// (for tests of the bounds).
+    #[cfg(test)]
+    pub fn held(&self) -> (usize, usize) {
+        let most = self.conns.values().map(|c| c.to_endpoint.len()).max();
+        (most.unwrap_or(0), self.rsts.len())
+    }
+
     /// Whether there is no connection.
     pub fn is_empty(&self) -> bool {
         self.conns.is_empty()

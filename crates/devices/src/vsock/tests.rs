@@ -509,3 +509,102 @@ fn an_unanswered_request_times_out() {
     assert_eq!(t.count(|c| &c.connect_timeouts), 1);
     assert!(t.m.is_empty());
 }
+
+/// xorshift: reproducible random headers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// One of a few interesting values, or anything.
+    fn pick(&mut self, interesting: &[u64]) -> u64 {
+        let r = self.next();
+        if r % 16 == 0 {
+            self.next()
+        } else {
+            interesting[(r >> 8) as usize % interesting.len()]
+        }
+    }
+}
+
+#[test]
+fn random_headers_keep_every_bound_and_never_panic() {
+    const BUF: u32 = 8192;
+    let mut t = T::new("random", 8, BUF);
+    // Services that never read: whatever the host sends stays with us, as far as allowed.
+    let listeners: Vec<_> = (5000..5004).map(|p| t.listen(p)).collect();
+    let mut rng = Rng(0x5eed);
+    let payload = vec![0xabu8; MAX_PAYLOAD as usize];
+    let mut out = vec![0u8; MAX_PAYLOAD as usize];
+    let mut accepted = Vec::new();
+    for i in 0..20_000 {
+        let op = rng.pick(&[0, 1, 2, 3, 4, 5, 5, 5, 6, 7, 8]) as u16;
+        let len = if op == OP_RW {
+            rng.pick(&[0, 1, 100, 4096, 4096, 8192, 65536, 65537]) as u32
+        } else {
+            rng.pick(&[0, 0, 0, 0, 0, 0, 0, 1]) as u32
+        };
+        let room = rng.pick(&[len as u64, len as u64, len as u64, 0, 65536]) as usize;
+        let h = Header {
+            src_cid: rng.pick(&[CID, CID, CID, CID, CID, CID, CID, 2, 0]),
+            dst_cid: rng.pick(&[ENDPOINT_CID; 8]),
+            src_port: rng.pick(&[1000, 1001, 1002]) as u32,
+            dst_port: rng.pick(&[5000, 5001, 5002, 5003, 6000]) as u32,
+            len,
+            ty: rng.pick(&[1, 1, 1, 1, 1, 1, 1, 2]) as u16,
+            op,
+            flags: rng.pick(&[0, 1, 2, 3, 0xffff_ffff]) as u32,
+            buf_alloc: rng.pick(&[0, 4096, 1 << 20, 1 << 20, u32::MAX as u64]) as u32,
+            fwd_cnt: rng.pick(&[0, 0, 0, 1, 4096, u32::MAX as u64]) as u32,
+        };
+        let n = (len as usize).min(room).min(payload.len());
+        t.m.host_packet(&h, room, &payload[..n]);
+        let (most, rsts) = t.m.held();
+        assert!(
+            most <= BUF as usize,
+            "step {i}: {most} bytes held for one connection"
+        );
+        assert!(rsts <= MAX_PENDING_RST, "step {i}: {rsts} resets waiting");
+        assert!(t.m.len() <= 8, "step {i}: {} connections", t.m.len());
+        // The host takes some packets now and then; every one it gets is well formed.
+        if rng.next() % 3 == 0 {
+            t.m.service();
+            for _ in 0..rng.next() % 8 {
+                let Some(p) = t.m.next_for_host(ROOM, &mut out) else {
+                    break;
+                };
+                assert_eq!(
+                    (p.src_cid, p.dst_cid, p.ty),
+                    (ENDPOINT_CID, CID, TYPE_STREAM)
+                );
+                assert!((OP_REQUEST..=OP_CREDIT_REQUEST).contains(&p.op), "{p:?}");
+                assert!(p.len as usize <= ROOM);
+            }
+        }
+        // Accept what connected, so services do not run out of backlog.
+        for l in &listeners {
+            l.set_nonblocking(true).unwrap();
+            while let Ok((s, _)) = l.accept() {
+                accepted.push(s);
+            }
+        }
+    }
+    assert!(t.count(|c| &c.bad_headers) > 0);
+    assert!(t.count(|c| &c.protocol_errors) > 0);
+    assert!(t.count(|c| &c.host_connects) > 0);
+    assert!(
+        t.count(|c| &c.to_endpoint_bytes) > 0,
+        "no data path reached"
+    );
+    println!(
+        "{} services' connections; {} bad headers, {} protocol errors",
+        accepted.len(),
+        t.count(|c| &c.bad_headers),
+        t.count(|c| &c.protocol_errors)
+    );
+}
