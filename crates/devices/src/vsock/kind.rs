@@ -61,7 +61,7 @@ impl DeviceKind for Vsock {
             let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
             let b = BuildError::new(format!("cannot listen on {}: {e}", a.uds_path.display()));
             if in_use {
-                b.hint("remove the stale socket or choose another --uds-path")
+                b.hint("a live socket or another file is there: choose another --uds-path")
             } else {
                 b
             }

@@ -74,7 +74,7 @@ pub struct Muxer {
 impl Muxer {
     /// Listens on `cfg.uds_path` and starts the poller.
     pub fn new(cfg: MuxerConfig, counters: Arc<VsockCounters>) -> io::Result<Muxer> {
-        let listener = UnixListener::bind(&cfg.uds_path)?;
+        let listener = bind_replacing_stale(&cfg.uds_path)?;
         listener.set_nonblocking(true)?;
         let poller = Poller::start()?;
         poller.add(listener.as_raw_fd(), LISTENER)?;
@@ -603,6 +603,30 @@ impl Muxer {
             self.flush_conn(t);
         }
         Some(h)
+    }
+}
+
+/// Listens on `path`. A socket file left there by a process that died (nothing accepts
+/// connections on it) is replaced; a live one, or any other file, is an error.
+fn bind_replacing_stale(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            let dead = matches!(
+                connect_nonblocking(path),
+                Err(ref c) if c.kind() == io::ErrorKind::ConnectionRefused
+            );
+            if !(is_socket && dead) {
+                return Err(e);
+            }
+            log::info!("vsock: replacing the stale socket {}", path.display());
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        r => r,
     }
 }
 

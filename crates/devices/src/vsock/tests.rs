@@ -614,3 +614,35 @@ fn random_headers_keep_every_bound_and_never_panic() {
         t.count(|c| &c.protocol_errors)
     );
 }
+
+#[test]
+fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
+    let dir = scratch("stale");
+    let path = dir.join("v.sock");
+    let cfg = MuxerConfig {
+        guest_cid: CID,
+        uds_path: path.clone(),
+        conn_buf: 4096,
+        max_conns: 4,
+        connect_timeout: Duration::from_secs(1),
+    };
+    let counters = Arc::new(VsockCounters::default());
+    // A socket file nobody listens on any more (its listener is gone).
+    drop(UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let m = Muxer::new(cfg.clone(), counters.clone()).expect("stale socket replaced");
+    UnixStream::connect(&path).expect("the new listener accepts");
+    // A live one (ours) is not taken over.
+    let e = Muxer::new(cfg.clone(), counters.clone())
+        .err()
+        .expect("live socket taken");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    drop(m);
+    // Nor is a file that is not a socket.
+    std::fs::write(&path, b"data").unwrap();
+    let e = Muxer::new(cfg, counters)
+        .err()
+        .expect("regular file replaced");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    assert_eq!(std::fs::read(&path).unwrap(), b"data");
+}
