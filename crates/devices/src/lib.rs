@@ -5,12 +5,14 @@
 //! * [`rng`]: virtio-rng (entropy source, device ID 4), fed by the OS CSPRNG;
 //! * [`console`]: virtio-console (device ID 3), one port connected to a byte stream;
 //! * [`blk`]: virtio-blk (device ID 2), a raw image file or block device;
-//! * [`net`]: virtio-net (device ID 1), whose wire is a TAP device on the endpoint.
+//! * [`net`]: virtio-net (device ID 1), whose wire is a TAP device on the endpoint;
+//! * [`vsock`]: virtio-vsock (device ID 19), host AF_VSOCK sockets to endpoint Unix sockets.
 
 pub mod blk;
 pub mod console;
 pub mod net;
 pub mod rng;
+pub mod vsock;
 
 pub use console::ConsoleDevice;
 pub use rng::RngDevice;
