@@ -19,13 +19,16 @@ use std::time::Duration;
 
 /// Serves `inv` until SIGINT or SIGTERM.
 pub fn run(inv: &Invocation) -> Result<(), Error> {
+    // Before anything is created: a signal during start-up is then a clean shutdown once
+    // serving begins, not the default action (which would leave the socket behind).
+    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).map_err(Error::Signals)?;
     match &inv.common.epf {
-        Some(name) => run_epf(inv, name),
-        None => run_vfio_user(inv),
+        Some(name) => run_epf(inv, name, signals),
+        None => run_vfio_user(inv, signals),
     }
 }
 
-fn run_vfio_user(inv: &Invocation) -> Result<(), Error> {
+fn run_vfio_user(inv: &Invocation, signals: Signals) -> Result<(), Error> {
     let common = &inv.common;
     // The command line requires one of --vfio-user and --epf.
     let socket = common.vfio_user.clone().unwrap_or_default();
@@ -68,7 +71,7 @@ fn run_vfio_user(inv: &Invocation) -> Result<(), Error> {
     };
     let done = Arc::new(AtomicBool::new(false));
     spawn_stats_file(common, &served, &done)?;
-    serve_until_signalled(&served)?;
+    serve_until_signalled(signals, &served);
     done.store(true, Ordering::Release);
     controller.shutdown();
     match server.join() {
@@ -84,7 +87,7 @@ fn run_vfio_user(inv: &Invocation) -> Result<(), Error> {
 }
 
 /// Serves the device through Linux's PCI endpoint subsystem (`--epf NAME`).
-fn run_epf(inv: &Invocation, name: &str) -> Result<(), Error> {
+fn run_epf(inv: &Invocation, name: &str, signals: Signals) -> Result<(), Error> {
     let common = &inv.common;
     let device = inv.build_device()?;
     let ctl = LinuxEpfController::open(
@@ -122,7 +125,7 @@ fn run_epf(inv: &Invocation, name: &str) -> Result<(), Error> {
     };
     let done = Arc::new(AtomicBool::new(false));
     spawn_stats_file(common, &served, &done)?;
-    serve_until_signalled(&served)?;
+    serve_until_signalled(signals, &served);
     done.store(true, Ordering::Release);
     function.stop();
     if let Some(path) = &common.stats_file {
@@ -160,8 +163,7 @@ fn spawn_stats_file(common: &Common, served: &Served, done: &Arc<AtomicBool>) ->
 }
 
 /// Prints the counters on SIGUSR1; returns on SIGINT or SIGTERM.
-fn serve_until_signalled(served: &Served) -> Result<(), Error> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).map_err(Error::Signals)?;
+fn serve_until_signalled(mut signals: Signals, served: &Served) {
     for sig in signals.forever() {
         match sig {
             SIGUSR1 => eprint!("{}", served.counters()),
@@ -171,5 +173,4 @@ fn serve_until_signalled(served: &Served) -> Result<(), Error> {
             }
         }
     }
-    Ok(())
 }

@@ -273,3 +273,31 @@ fn help_lists_every_device_with_its_ids() {
         assert!(o.status.success(), "{sub}: {}", stderr(&o));
     }
 }
+
+/// SIGTERM as soon as the socket exists, before the device is served: the daemon still shuts
+/// down cleanly (exit 0, socket removed) rather than dying of the signal's default action.
+#[test]
+fn sigterm_during_start_up_is_a_clean_shutdown() {
+    use std::time::{Duration, Instant};
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ep.sock");
+    for round in 0..20 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_virtio-epf"))
+            .args(["rng", "--vfio-user", sock.to_str().unwrap()])
+            .env("RUST_LOG", "off")
+            .spawn()
+            .expect("start virtio-epf");
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(t.elapsed() < Duration::from_secs(20), "no socket");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        assert!(status.success(), "round {round}: {status}");
+        assert!(!sock.exists(), "round {round}: socket left behind");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
