@@ -5,10 +5,12 @@
 //! * [`rng`]: virtio-rng (entropy source, device ID 4), fed by the OS CSPRNG;
 //! * [`console`]: virtio-console (device ID 3), one port connected to a byte stream;
 //! * [`blk`]: virtio-blk (device ID 2), a raw image file or block device;
-//! * [`net`]: virtio-net (device ID 1), whose wire is a TAP device on the endpoint.
+//! * [`net`]: virtio-net (device ID 1), whose wire is a TAP device on the endpoint;
+//! * [`gpu`]: virtio-gpu (device ID 16), 2D scanouts shown as PNG snapshots.
 
 pub mod blk;
 pub mod console;
+pub mod gpu;
 pub mod net;
 pub mod rng;
 
