@@ -119,18 +119,15 @@ impl Display {
         self.changed.notify_all();
     }
 
-    /// Waits up to `timeout` for a change after `seq` (or a cursor change after
-    /// `cursor_serial`); returns the state, changed or not.
-    pub fn wait_change(
+    /// Waits up to `timeout` until `ready` holds for the state (checked now, after every
+    /// change and every [`Display::notify`]); returns the state either way.
+    pub fn wait_for(
         &self,
-        seq: u64,
-        cursor_serial: u64,
         timeout: Duration,
+        mut ready: impl FnMut(&DisplayState) -> bool,
     ) -> MutexGuard<'_, DisplayState> {
         let g = self.lock();
-        match self.changed.wait_timeout_while(g, timeout, |s| {
-            s.seq == seq && s.cursor.serial == cursor_serial
-        }) {
+        match self.changed.wait_timeout_while(g, timeout, |s| !ready(s)) {
             Ok((g, _)) => g,
             Err(p) => p.into_inner().0,
         }

@@ -59,6 +59,9 @@ pub struct GpuArgs {
     /// extension).
     #[arg(long)]
     pub screenshot: Option<PathBuf>,
+    /// Serve the outputs to VNC viewers (RFB 3.8): output N on ADDR:PORT+N.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub vnc: Option<std::net::SocketAddr>,
 }
 
 /// The display adapter, as the command serves it.
@@ -68,7 +71,7 @@ impl DeviceKind for Gpu {
     fn info(&self) -> DeviceInfo {
         DeviceInfo {
             name: "gpu",
-            about: "virtio-gpu (2D display adapter): scanouts, EDID, cursor, PNG snapshots; \
+            about: "virtio-gpu (2D display adapter): scanouts, EDID, cursor, VNC, PNG snapshots; \
                     modern layout only (virtio-gpu has no legacy form)",
             virtio_type: VIRTIO_ID_GPU,
             legacy_pci_id: None,
@@ -101,6 +104,13 @@ impl DeviceKind for Gpu {
             }
             snapshot::spawn_on_signal(dev.display(), path, dev.counters())
                 .map_err(|e| BuildError::new(e).hint("SIGUSR2 handler for --screenshot"))?;
+        }
+        if let Some(addr) = a.vnc {
+            let bound = super::vnc::start(addr, a.outputs as usize, dev.display(), dev.counters())
+                .map_err(|e| BuildError::new(e).hint(format!("--vnc {addr}")))?;
+            for (i, b) in bound.iter().enumerate() {
+                log::info!("gpu: output {i} on vnc://{b}");
+            }
         }
         Ok(Box::new(dev))
     }

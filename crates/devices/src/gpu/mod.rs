@@ -2,7 +2,7 @@
 //! carries the 2D command set Linux's `virtio_gpu` driver uses (display info, EDID, 2D
 //! resources with backing pages in host memory, scanouts, transfers, flushes, fences); the
 //! cursor queue moves and shapes the cursor. What the outputs show is kept in a shared
-//! [`Display`] that PNG snapshots read.
+//! [`Display`] that PNG snapshots and the VNC server (`vnc`) read.
 //!
 //! Modules: `protocol` (wire format, errors, pixel formats), `resources` (pixels, backing,
 //! memory budget), `scanout` (copies into the display), `display` (the shared picture and its
@@ -18,6 +18,7 @@ pub mod protocol;
 mod resources;
 mod scanout;
 mod snapshot;
+pub mod vnc;
 
 pub use counters::GpuCounters;
 pub use device::{DisplayControl, GpuConfig, GpuDevice};

@@ -1,0 +1,87 @@
+//! The VNC server (RFB 3.8, RFC 6143) that shows the outputs live: output N on the
+//! `--vnc` port + N, any number of viewers up to [`MAX_CLIENTS`] per server, each getting
+//! only what changed since its last update (ZRLE or Raw), the cursor's shape and position.
+//! One thread accepts; each client has a reader and a writer thread. Nothing here can hold
+//! up the device: viewers copy what they need out of the shared display and encode on
+//! their own threads.
+
+mod encode;
+mod pixel;
+mod session;
+
+pub use pixel::PixelFormat;
+
+use super::counters::GpuCounters;
+use super::display::Display;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Viewers served at once per output; more are refused (their socket is closed).
+pub const MAX_CLIENTS: u64 = 16;
+
+/// Binds the listeners (output N on `addr`'s port + N) and starts accepting.
+pub fn start(
+    addr: SocketAddr,
+    outputs: usize,
+    display: Arc<Display>,
+    counters: Arc<GpuCounters>,
+) -> std::io::Result<Vec<SocketAddr>> {
+    let mut bound = Vec::new();
+    let mut listeners = Vec::new();
+    for i in 0..outputs {
+        let mut a = addr;
+        let port = u16::try_from(usize::from(addr.port()) + i)
+            .map_err(|_| std::io::Error::other("VNC port out of range"))?;
+        a.set_port(if addr.port() == 0 { 0 } else { port });
+        let l = TcpListener::bind(a)?;
+        bound.push(l.local_addr()?);
+        listeners.push(l);
+    }
+    for (output, l) in listeners.into_iter().enumerate() {
+        let display = display.clone();
+        let counters = counters.clone();
+        std::thread::Builder::new()
+            .name(format!("vnc-accept-{output}"))
+            .spawn(move || accept(l, output, display, counters))?;
+    }
+    Ok(bound)
+}
+
+fn accept(l: TcpListener, output: usize, display: Arc<Display>, counters: Arc<GpuCounters>) {
+    let active = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for s in l.incoming() {
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("vnc accept: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
+        if active.load(Ordering::Relaxed) >= MAX_CLIENTS {
+            log::warn!("vnc: refusing a viewer: {MAX_CLIENTS} connected");
+            continue;
+        }
+        let peer = s.peer_addr().ok();
+        active.fetch_add(1, Ordering::Relaxed);
+        counters.vnc_clients.fetch_add(1, Ordering::Relaxed);
+        counters.vnc_connections.fetch_add(1, Ordering::Relaxed);
+        let (d, c, a) = (display.clone(), counters.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("vnc-client".into())
+            .spawn(move || {
+                log::info!("vnc: viewer {peer:?} connected to output {output}");
+                if let Err(e) = session::serve(s, d, output, c.clone()) {
+                    log::info!("vnc: viewer {peer:?}: {e}");
+                }
+                c.vnc_clients.fetch_sub(1, Ordering::Relaxed);
+                a.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            log::warn!("vnc: cannot start a viewer thread: {e}");
+            counters.vnc_clients.fetch_sub(1, Ordering::Relaxed);
+            active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
