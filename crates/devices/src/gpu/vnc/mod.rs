@@ -8,6 +8,8 @@
 mod encode;
 mod pixel;
 mod session;
+#[cfg(test)]
+mod tests;
 
 pub use pixel::PixelFormat;
 
