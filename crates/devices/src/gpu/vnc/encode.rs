@@ -27,10 +27,19 @@ pub fn rect_header(out: &mut Vec<u8>, x: u32, y: u32, w: u32, h: u32, encoding: 
 pub fn raw(out: &mut Vec<u8>, frame: &Frame, r: &Rect, pf: &PixelFormat) {
     rect_header(out, r.x, r.y, r.width, r.height, ENC_RAW);
     out.reserve(r.width as usize * r.height as usize * pf.bytes());
+    let native = *pf == PixelFormat::NATIVE;
     for y in r.y..r.y + r.height {
         let row = (y * frame.width) as usize;
-        for x in r.x..r.x + r.width {
-            pf.put(frame.pixels[row + x as usize], out);
+        let pixels = &frame.pixels[row + r.x as usize..row + (r.x + r.width) as usize];
+        if native {
+            // The frame's own pixels, as they are (the common case: no conversion).
+            for &p in pixels {
+                out.extend_from_slice(&p.to_le_bytes());
+            }
+        } else {
+            for &p in pixels {
+                pf.put(p, out);
+            }
         }
     }
 }
