@@ -502,6 +502,10 @@ type UnixOrTcp = std::net::TcpStream;
 
 impl Viewer {
     fn connect(port: u16) -> Viewer {
+        Self::connect_with(port, &[0, -239, -232])
+    }
+
+    fn connect_with(port: u16, encodings: &[i32]) -> Viewer {
         use std::io::Read;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect VNC");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -527,9 +531,9 @@ impl Viewer {
         let name_len = u32::from_be_bytes(init[20..24].try_into().unwrap());
         let mut name = vec![0u8; name_len as usize];
         s.read_exact(&mut name).unwrap();
-        // Raw, and the cursor pseudo-encodings.
-        let mut m = vec![2, 0, 0, 3];
-        for e in [0i32, -239, -232] {
+        let mut m = vec![2, 0];
+        m.extend_from_slice(&(encodings.len() as u16).to_be_bytes());
+        for &e in encodings {
             m.extend_from_slice(&e.to_be_bytes());
         }
         s.write_all(&m).unwrap();
@@ -581,6 +585,18 @@ impl Viewer {
                     self.s.read_exact(&mut skip).unwrap();
                 }
                 -232 | -223 => {}
+                -308 => {
+                    let mut n = [0u8; 4];
+                    self.s.read_exact(&mut n).unwrap();
+                    let mut screens = vec![0u8; 16 * n[0] as usize];
+                    self.s.read_exact(&mut screens).unwrap();
+                    if x == 0 {
+                        // A new mode: the picture is that size from now on.
+                        self.width = w;
+                        self.height = hh;
+                        self.rgb = vec![0; (w * hh * 3) as usize];
+                    }
+                }
                 other => panic!("unexpected encoding {other}"),
             }
         }
@@ -695,6 +711,70 @@ step typed
     assert_eq!(Daemon::counter(&stats, "gpu", "vnc_clients"), 1, "{stats}");
     assert!(
         Daemon::counter(&stats, "gpu", "vnc_updates") >= 3,
+        "{stats}"
+    );
+    drop(viewer);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn gpu_a_vnc_viewer_resizes_the_guest_mode() {
+    let display = free_vnc_display();
+    let port = 5900 + display;
+    let vnc = format!("127.0.0.1:{port}");
+    let (d, base) = gpu_daemon("gpu-resize", &["--resolution", "800x600", "--vnc", &vnc]);
+    let camera = Camera::Epf { daemon: &d, base };
+    let script = format!(
+        r#"{GPU_PRELUDE}
+check "preferred mode {W}x{H}" [ "$(head -n1 /sys/class/drm/card0-Virtual-1/modes)" = "{W}x{H}" ]
+step ready
+# The display-change event makes the driver read the display info and EDID again; modetest
+# probes the connector.
+for i in $(seq 100); do
+    modetest -M virtio_gpu -c | grep -q '#0 1024x768 .*preferred' && break
+    sleep 0.2
+done
+modetest -M virtio_gpu -c | grep '#0 '
+check "preferred mode 1024x768 after the resize" sh -c "modetest -M virtio_gpu -c | grep -q '#0 1024x768 .*preferred'"
+show 1 plain 1024x768
+step resized
+unshow
+"#
+    );
+    let mut g = Guest::new(&[&d]).spawn("gpu-resize", &script, &[]);
+    let mut viewer = Viewer::connect_with(port, &[0, -308]);
+    step(&mut g, "ready", || {
+        let mut m = vec![251u8, 0];
+        m.extend_from_slice(&1024u16.to_be_bytes());
+        m.extend_from_slice(&768u16.to_be_bytes());
+        m.extend_from_slice(&[1, 0]);
+        m.extend_from_slice(&[0; 16]);
+        viewer.s.write_all(&m).unwrap();
+    });
+    step(&mut g, "resized", || {
+        let p = camera.shoot(0);
+        assert_eq!((p.width, p.height), (1024, 768));
+        assert!(p.first_mismatch(|_, _| [0x77; 3]).is_none());
+        // The viewer learns the new size and gets the new picture.
+        let t = Instant::now();
+        loop {
+            viewer.request(viewer.width == 1024);
+            viewer.update();
+            if (viewer.width, viewer.height) == (1024, 768) && viewer.picture() == p {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the viewer never got 1024x768"
+            );
+        }
+    });
+    let run = g.wait();
+    println!("{}", run.output);
+    run.assert_ok();
+    let stats = d.stats_text();
+    assert!(
+        Daemon::counter(&stats, "gpu", "display_events") >= 1,
         "{stats}"
     );
     drop(viewer);

@@ -58,6 +58,11 @@ pub struct DisplayControl {
 }
 
 impl DisplayControl {
+    /// The changes not yet applied (taken: a test's view of what was asked).
+    pub fn pending(&self) -> Vec<(usize, u32, u32, bool)> {
+        std::mem::take(&mut *sync::lock(&self.pending))
+    }
+
     /// Output `output` becomes `width` x `height`, connected or not.
     pub fn set_mode(&self, output: usize, width: u32, height: u32, enabled: bool) {
         sync::lock(&self.pending).push((output, width, height, enabled));
@@ -410,7 +415,7 @@ impl GpuDevice {
 
     /// Applies pending output changes and raises a display event for them.
     fn apply_display_changes(&mut self, ctx: &mut DeviceContext<'_>) {
-        let pending = std::mem::take(&mut *sync::lock(&self.control.pending));
+        let pending = self.control.pending();
         if pending.is_empty() {
             return;
         }

@@ -106,7 +106,12 @@ impl DeviceKind for Gpu {
                 .map_err(|e| BuildError::new(e).hint("SIGUSR2 handler for --screenshot"))?;
         }
         if let Some(addr) = a.vnc {
-            let bound = super::vnc::start(addr, a.outputs as usize, dev.display(), dev.counters())
+            let shared = super::vnc::Shared {
+                display: dev.display(),
+                counters: dev.counters(),
+                control: Some(dev.control()),
+            };
+            let bound = super::vnc::start(addr, a.outputs as usize, shared)
                 .map_err(|e| BuildError::new(e).hint(format!("--vnc {addr}")))?;
             for (i, b) in bound.iter().enumerate() {
                 log::info!("gpu: output {i} on vnc://{b}");

@@ -12,6 +12,7 @@ pub const ENC_ZRLE: i32 = 16;
 pub const ENC_CURSOR: i32 = -239;
 pub const ENC_POINTER_POS: i32 = -232;
 pub const ENC_DESKTOP_SIZE: i32 = -223;
+pub const ENC_EXT_DESKTOP_SIZE: i32 = -308;
 
 const TILE: u32 = 64;
 
@@ -137,6 +138,18 @@ pub fn pointer_pos(out: &mut Vec<u8>, c: &Cursor) {
 /// Appends the DesktopSize pseudo-rectangle.
 pub fn desktop_size(out: &mut Vec<u8>, w: u32, h: u32) {
     rect_header(out, 0, 0, w, h, ENC_DESKTOP_SIZE);
+}
+
+/// Appends an ExtendedDesktopSize pseudo-rectangle: `reason` (0 a change by the server, 1
+/// the answer to this viewer's request), `status` (0 done), and one screen of `w` x `h`.
+pub fn ext_desktop_size(out: &mut Vec<u8>, reason: u32, status: u32, w: u32, h: u32) {
+    rect_header(out, reason, status, w, h, ENC_EXT_DESKTOP_SIZE);
+    out.extend_from_slice(&[1, 0, 0, 0]);
+    out.extend_from_slice(&0u32.to_be_bytes()); // screen id
+    for v in [0u16, 0, w as u16, h as u16] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&0u32.to_be_bytes()); // flags
 }
 
 #[cfg(test)]

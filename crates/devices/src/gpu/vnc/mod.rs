@@ -14,6 +14,7 @@ mod tests;
 pub use pixel::PixelFormat;
 
 use super::counters::GpuCounters;
+use super::device::DisplayControl;
 use super::display::Display;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::Ordering;
@@ -22,13 +23,17 @@ use std::sync::Arc;
 /// Viewers served at once per output; more are refused (their socket is closed).
 pub const MAX_CLIENTS: u64 = 16;
 
+/// What the viewers of one device share: the picture, the counters, and (to resize an output
+/// when a viewer asks with SetDesktopSize) the device's display control.
+#[derive(Clone)]
+pub struct Shared {
+    pub display: Arc<Display>,
+    pub counters: Arc<GpuCounters>,
+    pub control: Option<Arc<DisplayControl>>,
+}
+
 /// Binds the listeners (output N on `addr`'s port + N) and starts accepting.
-pub fn start(
-    addr: SocketAddr,
-    outputs: usize,
-    display: Arc<Display>,
-    counters: Arc<GpuCounters>,
-) -> std::io::Result<Vec<SocketAddr>> {
+pub fn start(addr: SocketAddr, outputs: usize, shared: Shared) -> std::io::Result<Vec<SocketAddr>> {
     let mut bound = Vec::new();
     let mut listeners = Vec::new();
     for i in 0..outputs {
@@ -41,16 +46,16 @@ pub fn start(
         listeners.push(l);
     }
     for (output, l) in listeners.into_iter().enumerate() {
-        let display = display.clone();
-        let counters = counters.clone();
+        let shared = shared.clone();
         std::thread::Builder::new()
             .name(format!("vnc-accept-{output}"))
-            .spawn(move || accept(l, output, display, counters))?;
+            .spawn(move || accept(l, output, shared))?;
     }
     Ok(bound)
 }
 
-fn accept(l: TcpListener, output: usize, display: Arc<Display>, counters: Arc<GpuCounters>) {
+fn accept(l: TcpListener, output: usize, shared: Shared) {
+    let counters = shared.counters.clone();
     let active = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for s in l.incoming() {
         let s = match s {
@@ -69,12 +74,12 @@ fn accept(l: TcpListener, output: usize, display: Arc<Display>, counters: Arc<Gp
         active.fetch_add(1, Ordering::Relaxed);
         counters.vnc_clients.fetch_add(1, Ordering::Relaxed);
         counters.vnc_connections.fetch_add(1, Ordering::Relaxed);
-        let (d, c, a) = (display.clone(), counters.clone(), active.clone());
+        let (sh, c, a) = (shared.clone(), counters.clone(), active.clone());
         let spawned = std::thread::Builder::new()
             .name("vnc-client".into())
             .spawn(move || {
                 log::info!("vnc: viewer {peer:?} connected to output {output}");
-                if let Err(e) = session::serve(s, d, output, c.clone()) {
+                if let Err(e) = session::serve(s, sh, output) {
                     log::info!("vnc: viewer {peer:?}: {e}");
                 }
                 c.vnc_clients.fetch_sub(1, Ordering::Relaxed);

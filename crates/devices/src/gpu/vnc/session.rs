@@ -4,8 +4,11 @@
 //! in ZRLE when the client offers it and Raw otherwise, plus the cursor shape and position.
 //! Keyboard and pointer events are read and dropped: input is a later device (virtio-input).
 
-use super::encode::{self, ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_POINTER_POS, ENC_ZRLE};
+use super::encode::{
+    self, ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_EXT_DESKTOP_SIZE, ENC_POINTER_POS, ENC_ZRLE,
+};
 use super::pixel::PixelFormat;
+use super::Shared;
 use crate::gpu::counters::GpuCounters;
 use crate::gpu::display::{Display, DisplayState};
 use crate::gpu::protocol::Rect;
@@ -29,18 +32,22 @@ struct ClientState {
     cursor: bool,
     pointer_pos: bool,
     desktop_size: bool,
+    ext_desktop_size: bool,
+    /// The answer to a SetDesktopSize not yet sent: status (0 done, 1 refused, 3 invalid)
+    /// and the size asked for.
+    resize_reply: Option<(u32, u32, u32)>,
     /// A pending FramebufferUpdateRequest: incremental, and the region.
     request: Option<(bool, Rect)>,
     closed: bool,
 }
 
 /// Runs one client on `stream` until it leaves; shows output `output` of `display`.
-pub fn serve(
-    mut stream: TcpStream,
-    display: Arc<Display>,
-    output: usize,
-    counters: Arc<GpuCounters>,
-) -> io::Result<()> {
+pub fn serve(mut stream: TcpStream, shared: Shared, output: usize) -> io::Result<()> {
+    let Shared {
+        display,
+        counters,
+        control,
+    } = shared;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     handshake(&mut stream, &display, output)?;
@@ -51,6 +58,8 @@ pub fn serve(
         cursor: false,
         pointer_pos: false,
         desktop_size: false,
+        ext_desktop_size: false,
+        resize_reply: None,
         request: None,
         closed: false,
     }));
@@ -61,7 +70,14 @@ pub fn serve(
         std::thread::Builder::new()
             .name("vnc-reader".into())
             .spawn(move || {
-                if let Err(e) = read_messages(stream, &state, &display) {
+                let resize = |w: u32, h: u32| match &control {
+                    Some(c) => {
+                        c.set_mode(output, w, h, true);
+                        0
+                    }
+                    None => 1,
+                };
+                if let Err(e) = read_messages(stream, &state, &display, &resize) {
                     log::debug!("vnc client: {e}");
                 }
                 sync::lock(&state).closed = true;
@@ -119,6 +135,7 @@ fn read_messages(
     mut s: TcpStream,
     state: &Mutex<ClientState>,
     display: &Display,
+    resize: &dyn Fn(u32, u32) -> u32,
 ) -> io::Result<()> {
     loop {
         let mut t = [0u8; 1];
@@ -136,7 +153,8 @@ fn read_messages(
                 let mut b = [0u8; 3];
                 s.read_exact(&mut b)?;
                 let n = u16::from_be_bytes([b[1], b[2]]);
-                let (mut zrle, mut cursor, mut pos, mut size) = (false, false, false, false);
+                let (mut zrle, mut cursor, mut pos, mut size, mut ext) =
+                    (false, false, false, false, false);
                 for _ in 0..n {
                     let mut e = [0u8; 4];
                     s.read_exact(&mut e)?;
@@ -145,6 +163,7 @@ fn read_messages(
                         ENC_CURSOR => cursor = true,
                         ENC_POINTER_POS => pos = true,
                         ENC_DESKTOP_SIZE => size = true,
+                        ENC_EXT_DESKTOP_SIZE => ext = true,
                         _ => {}
                     }
                 }
@@ -153,6 +172,7 @@ fn read_messages(
                 st.cursor = cursor;
                 st.pointer_pos = pos;
                 st.desktop_size = size;
+                st.ext_desktop_size = ext;
             }
             3 => {
                 let mut b = [0u8; 9];
@@ -188,6 +208,22 @@ fn read_messages(
                 // Skipped without being stored: no allocation the client controls.
                 io::copy(&mut (&mut s).take(u64::from(len)), &mut io::sink())?;
             }
+            251 => {
+                // SetDesktopSize: the viewer's window size becomes the output's mode (the
+                // guest is told with a display-change event). The screen layout is read and
+                // ignored: one output is one screen.
+                let mut b = [0u8; 7];
+                s.read_exact(&mut b)?;
+                let w = u32::from(u16::from_be_bytes([b[1], b[2]]));
+                let h = u32::from(u16::from_be_bytes([b[3], b[4]]));
+                io::copy(&mut (&mut s).take(16 * u64::from(b[5])), &mut io::sink())?;
+                let status = match crate::gpu::check_resolution(&format!("{w}x{h}")) {
+                    Ok(_) => resize(w, h),
+                    Err(_) => 3,
+                };
+                sync::lock(state).resize_reply = Some((status, w, h));
+                display.notify();
+            }
             other => return Err(io::Error::other(format!("unknown client message {other}"))),
         }
     }
@@ -217,6 +253,7 @@ fn write_updates(
                 _ if st.closed => true,
                 None => false,
                 Some((false, _)) => true,
+                Some(_) if st.resize_reply.is_some() => true,
                 Some((true, _)) => {
                     d.seq != seen_seq
                         || (st.cursor && d.cursor.serial != seen_cursor)
@@ -232,6 +269,7 @@ fn write_updates(
             continue;
         };
         let changed = ds.seq != seen_seq
+            || st.resize_reply.is_some()
             || (st.cursor && ds.cursor.serial != seen_cursor)
             || (st.pointer_pos && (ds.cursor.x, ds.cursor.y) != seen_pos);
         if incremental && !changed {
@@ -245,6 +283,8 @@ fn write_updates(
             st.pointer_pos,
             st.desktop_size,
         );
+        let ext_desktop_size = st.ext_desktop_size;
+        let resize_reply = st.resize_reply.take();
         drop(st);
 
         // Under the display lock only what must be consistent: the damage, a copy of the
@@ -286,7 +326,17 @@ fn write_updates(
         out.clear();
         out.extend_from_slice(&[0, 0, 0, 0]);
         let mut rects = 0u16;
-        if resized && desktop_size {
+        if let Some((status, w, h)) = resize_reply.filter(|_| ext_desktop_size) {
+            // The answer to this viewer's SetDesktopSize (the mode changes when the guest
+            // sets it; the size then comes as a resize like any other).
+            let (w, h) = if status == 0 { (w, h) } else { fsize };
+            encode::ext_desktop_size(&mut out, 1, status, w, h);
+            rects += 1;
+        }
+        if resized && ext_desktop_size {
+            encode::ext_desktop_size(&mut out, 0, 0, fsize.0, fsize.1);
+            rects += 1;
+        } else if resized && desktop_size {
             encode::desktop_size(&mut out, fsize.0, fsize.1);
             rects += 1;
         }

@@ -25,6 +25,8 @@ struct Update {
     rects: Vec<Rect>,
     cursor: Option<(u32, u32, u32, u32)>,
     pointer: Option<(u32, u32)>,
+    /// ExtendedDesktopSize: reason, status, width, height.
+    resized: Option<(u32, u32, u32, u32)>,
 }
 
 impl Viewer {
@@ -105,6 +107,13 @@ impl Viewer {
                     u.cursor = Some((x, y, w, hh));
                 }
                 -232 => u.pointer = Some((x, y)),
+                -308 => {
+                    let mut n = [0u8; 4];
+                    self.s.read_exact(&mut n).unwrap();
+                    let mut screens = vec![0u8; 16 * n[0] as usize];
+                    self.s.read_exact(&mut screens).unwrap();
+                    u.resized = Some((x, y, w, hh));
+                }
                 e => panic!("unexpected encoding {e}"),
             }
         }
@@ -124,13 +133,12 @@ impl Viewer {
 fn server(w: u32, h: u32) -> (Arc<Display>, Arc<GpuCounters>, u16) {
     let display = Arc::new(Display::new(1, w, h));
     let counters = Arc::new(GpuCounters::default());
-    let bound = start(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        display.clone(),
-        counters.clone(),
-    )
-    .unwrap();
+    let shared = super::Shared {
+        display: display.clone(),
+        counters: counters.clone(),
+        control: None,
+    };
+    let bound = start("127.0.0.1:0".parse().unwrap(), 1, shared).unwrap();
     (display, counters, bound[0].port())
 }
 
@@ -304,4 +312,38 @@ fn broken_clients_are_dropped_and_others_carry_on() {
     paint(&d, full, 0x010203);
     let u = g.update();
     assert_eq!(u.rects, vec![full]);
+}
+
+#[test]
+fn set_desktop_size_asks_the_device_and_is_answered() {
+    let display = Arc::new(Display::new(1, 64, 48));
+    let control = Arc::new(crate::gpu::DisplayControl::default());
+    let shared = super::Shared {
+        display: display.clone(),
+        counters: Arc::new(GpuCounters::default()),
+        control: Some(control.clone()),
+    };
+    let port = start("127.0.0.1:0".parse().unwrap(), 1, shared).unwrap()[0].port();
+    let mut v = Viewer::connect(port, &[0, -308]);
+    let full = v.full();
+    v.request(false, full);
+    v.update();
+    let set = |v: &mut Viewer, w: u16, h: u16| {
+        let mut m = vec![251, 0];
+        m.extend_from_slice(&w.to_be_bytes());
+        m.extend_from_slice(&h.to_be_bytes());
+        m.extend_from_slice(&[1, 0]);
+        m.extend_from_slice(&[0; 16]);
+        v.s.write_all(&m).unwrap();
+    };
+    set(&mut v, 1024, 768);
+    v.request(true, full);
+    let u = v.update();
+    assert_eq!(u.resized, Some((1, 0, 1024, 768)), "accepted");
+    assert_eq!(control.pending(), vec![(0, 1024, 768, true)]);
+    set(&mut v, 5, 5);
+    v.request(true, full);
+    let u = v.update();
+    assert_eq!(u.resized, Some((1, 3, 64, 48)), "invalid size refused");
+    assert!(control.pending().is_empty());
 }
