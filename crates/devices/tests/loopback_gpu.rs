@@ -577,3 +577,193 @@ fn a_reset_forgets_every_resource() {
         g.rig.finish();
     });
 }
+
+/// Random commands with edge-biased fields (IDs, formats, sizes, rectangles, offsets, backing
+/// addresses inside, across and outside host RAM, truncated bodies, random types): every one
+/// gets one of the spec's responses, the device never asks for a reset, the resource memory
+/// stays within `--max-memory`, and nothing outside host RAM is touched (`rig.finish`).
+#[test]
+fn random_hostile_commands_get_spec_responses_within_the_memory_bound() {
+    bounded(Duration::from_secs(120), || {
+        const MAX: u64 = 8 * MIB;
+        let mut g = gpu(2, 640, 480, MAX);
+        let mut rng = Prng::new(0x6770_7531);
+        let ram_base = g.rig.bus().ram_base();
+        let ram_end = ram_base + g.rig.bus().ram_size();
+        let pool = g.rig.bus().alloc(4 * MIB, 4096).unwrap();
+        let edge = |rng: &mut Prng| -> u32 {
+            match rng.range(0, 9) {
+                0 => 0,
+                1 => 1,
+                2 => u32::MAX,
+                3 => u32::MAX - rng.range(0, 64) as u32,
+                4 => 64,
+                5 => 1 << rng.range(0, 31),
+                6 => rng.range(0, 2048) as u32,
+                _ => rng.range(0, 200) as u32,
+            }
+        };
+        let kinds = [
+            CMD_GET_DISPLAY_INFO,
+            CMD_RESOURCE_CREATE_2D,
+            CMD_RESOURCE_UNREF,
+            CMD_SET_SCANOUT,
+            CMD_RESOURCE_FLUSH,
+            CMD_TRANSFER_TO_HOST_2D,
+            CMD_RESOURCE_ATTACH_BACKING,
+            CMD_RESOURCE_DETACH_BACKING,
+            CMD_GET_CAPSET_INFO,
+            CMD_GET_EDID,
+            0x0200,
+            0x0207,
+            rng.next_u64() as u32,
+        ];
+        let valid = [
+            RESP_OK_NODATA,
+            RESP_OK_DISPLAY_INFO,
+            RESP_OK_EDID,
+            RESP_ERR_UNSPEC,
+            RESP_ERR_OUT_OF_MEMORY,
+            RESP_ERR_INVALID_SCANOUT_ID,
+            RESP_ERR_INVALID_RESOURCE_ID,
+            RESP_ERR_INVALID_PARAMETER,
+        ];
+        let mut ok = 0;
+        for i in 0..3000 {
+            if i % 50 == 0 {
+                // A valid resource now and then (id 7, which the random commands also name),
+                // so that they meet live resources with backing and scanouts.
+                let mut happy = vec![
+                    cmd(CMD_RESOURCE_CREATE_2D, &[7, 2, 64, 64]),
+                    cmd(CMD_RESOURCE_ATTACH_BACKING, &[7, 1]),
+                    transfer(7, 0, 0, 64, 64, 0),
+                    rect_cmd(CMD_SET_SCANOUT, 0, 0, 64, 64, 0, 7),
+                    rect_cmd(CMD_RESOURCE_FLUSH, 0, 0, 64, 64, 7, 0),
+                ];
+                happy[1].extend_from_slice(&(pool + 8 * MIB / 4).to_le_bytes());
+                happy[1].extend_from_slice(&(64u32 * 64 * 4).to_le_bytes());
+                happy[1].extend_from_slice(&0u32.to_le_bytes());
+                for c in happy {
+                    let t = u32_at(&g.send(&c), 0);
+                    assert!(valid.contains(&t), "command {i}: response {t:#x}");
+                }
+            }
+            let kind = kinds[rng.range(0, kinds.len() as u64 - 1) as usize];
+            // Resource IDs mostly from a small set, so commands meet live resources.
+            let id = if rng.range(0, 3) == 0 {
+                edge(&mut rng)
+            } else {
+                rng.range(1, 7) as u32
+            };
+            let mut c = match kind {
+                CMD_RESOURCE_CREATE_2D => {
+                    let fmt = if rng.range(0, 3) == 0 {
+                        edge(&mut rng)
+                    } else {
+                        Format::ALL[rng.range(0, 7) as usize].to_wire()
+                    };
+                    let (w, h) = if rng.range(0, 2) == 0 {
+                        (rng.range(1, 700) as u32, rng.range(1, 500) as u32)
+                    } else {
+                        (edge(&mut rng), edge(&mut rng))
+                    };
+                    cmd(kind, &[id, fmt, w, h])
+                }
+                CMD_SET_SCANOUT | CMD_RESOURCE_FLUSH => {
+                    let f: Vec<u32> = (0..4).map(|_| edge(&mut rng)).collect();
+                    let extra = if kind == CMD_SET_SCANOUT {
+                        rng.range(0, 2) as u32
+                    } else {
+                        id
+                    };
+                    let last = if kind == CMD_SET_SCANOUT { id } else { 0 };
+                    rect_cmd(kind, f[0], f[1], f[2], f[3], extra, last)
+                }
+                CMD_TRANSFER_TO_HOST_2D => {
+                    let f: Vec<u32> = if rng.range(0, 1) == 0 {
+                        vec![
+                            rng.range(0, 40) as u32,
+                            rng.range(0, 40) as u32,
+                            rng.range(1, 60) as u32,
+                            rng.range(1, 60) as u32,
+                        ]
+                    } else {
+                        (0..4).map(|_| edge(&mut rng)).collect()
+                    };
+                    let off = match rng.range(0, 3) {
+                        0 => u64::MAX - rng.range(0, 100),
+                        1 => rng.next_u64(),
+                        _ => rng.range(0, 1 << 20),
+                    };
+                    transfer(id, f[0], f[1], f[2], f[3], off)
+                }
+                CMD_RESOURCE_ATTACH_BACKING => {
+                    let n = if rng.range(0, 5) == 0 {
+                        edge(&mut rng)
+                    } else {
+                        rng.range(0, 8) as u32
+                    };
+                    let mut c = cmd(kind, &[id, n]);
+                    let good = rng.range(0, 1) == 0;
+                    for _ in 0..n.min(16) {
+                        if good {
+                            // Inside the pool, 1 MiB each: enough for any resource here.
+                            c.extend_from_slice(&(pool + rng.range(0, 3 * MIB)).to_le_bytes());
+                            c.extend_from_slice(&(MIB as u32).to_le_bytes());
+                            c.extend_from_slice(&0u32.to_le_bytes());
+                            continue;
+                        }
+                        let addr = match rng.range(0, 4) {
+                            0 => ram_end - rng.range(0, 8192),
+                            1 => rng.next_u64(),
+                            2 => ram_base.wrapping_sub(rng.range(0, 4096)),
+                            _ => pool + rng.range(0, 3 * MIB),
+                        };
+                        let len = match rng.range(0, 3) {
+                            0 => edge(&mut rng),
+                            _ => rng.range(1, MIB) as u32,
+                        };
+                        c.extend_from_slice(&addr.to_le_bytes());
+                        c.extend_from_slice(&len.to_le_bytes());
+                        c.extend_from_slice(&0u32.to_le_bytes());
+                    }
+                    c
+                }
+                _ => cmd(kind, &[id, edge(&mut rng), edge(&mut rng)]),
+            };
+            if rng.range(0, 10) == 0 {
+                let cut = rng.range(0, c.len() as u64) as usize;
+                c.truncate(cut);
+            }
+            if rng.range(0, 8) == 0 {
+                // A fence on the command.
+                if c.len() >= 16 {
+                    c[4..8].copy_from_slice(&FLAG_FENCE.to_le_bytes());
+                    c[8..16].copy_from_slice(&(i as u64).to_le_bytes());
+                }
+            }
+            let r = g.send(&c);
+            assert!(r.len() >= HDR_LEN, "command {i}: short response");
+            let t = u32_at(&r, 0);
+            assert!(
+                valid.contains(&t),
+                "command {i} ({kind:#x}): response {t:#x}"
+            );
+            if t == RESP_OK_NODATA {
+                ok += 1;
+            }
+            assert!(
+                g.dev.resource_bytes.load(Ordering::Relaxed) <= MAX,
+                "resource memory beyond --max-memory"
+            );
+        }
+        assert!(
+            ok > 100,
+            "too few commands succeeded ({ok}) to reach the deeper paths"
+        );
+        assert!(g.dev.bytes_transferred.load(Ordering::Relaxed) > 0);
+        assert_eq!(g.drv.status() & NEEDS_RESET, 0);
+        drop(g.drv);
+        g.rig.finish();
+    });
+}
