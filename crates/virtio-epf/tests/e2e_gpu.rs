@@ -665,12 +665,17 @@ step typed
     step(&mut g, "drawn", || {
         // gvnccapture (gtk-vnc, Debian's gvncviewer), which asks for ZRLE first.
         let out = d.dir.join("gvnccapture.png");
-        let st = std::process::Command::new("gvnccapture")
+        let o = std::process::Command::new("gvnccapture")
             .arg(format!("127.0.0.1:{display}"))
             .arg(&out)
-            .status()
+            .output()
             .expect("run gvnccapture (scripts/prepare.sh installs gvncviewer)");
-        assert!(st.success(), "gvnccapture failed");
+        assert!(
+            o.status.success(),
+            "gvnccapture failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         let vnc = read_png(&out);
         let png = camera.shoot(0);
         assert_pattern(&png, "the snapshot");
