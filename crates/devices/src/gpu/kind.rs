@@ -110,6 +110,8 @@ impl DeviceKind for Gpu {
                 display: dev.display(),
                 counters: dev.counters(),
                 control: Some(dev.control()),
+                // The hook for virtio-input, once there is one.
+                input: None,
             };
             let bound = super::vnc::start(addr, a.outputs as usize, shared)
                 .map_err(|e| BuildError::new(e).hint(format!("--vnc {addr}")))?;

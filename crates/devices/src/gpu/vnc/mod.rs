@@ -3,7 +3,7 @@
 //! only what changed since its last update (ZRLE or Raw), the cursor's shape and position.
 //! One thread accepts; each client has a reader and a writer thread. Nothing here can hold
 //! up the device: viewers copy what they need out of the shared display and encode on
-//! their own threads.
+//! their own threads. Keyboard and pointer events go to an [`InputSink`] if one is attached.
 
 mod encode;
 mod pixel;
@@ -23,13 +23,24 @@ use std::sync::Arc;
 /// Viewers served at once per output; more are refused (their socket is closed).
 pub const MAX_CLIENTS: u64 = 16;
 
-/// What the viewers of one device share: the picture, the counters, and (to resize an output
-/// when a viewer asks with SetDesktopSize) the device's display control.
+/// Where the viewers' keyboard and pointer go: the hook for an input device (virtio-input is a
+/// later device; until one is attached, `None` drops the events).
+pub trait InputSink: Send + Sync {
+    /// A key (an X11 keysym) went down or up on output `output`'s viewer.
+    fn key(&self, output: usize, down: bool, keysym: u32);
+    /// The pointer moved to (`x`, `y`) of output `output` with `buttons` (bit 0 the left
+    /// button) held.
+    fn pointer(&self, output: usize, buttons: u8, x: u16, y: u16);
+}
+
+/// What the viewers of one device share: the picture, the counters, (to resize an output
+/// when a viewer asks with SetDesktopSize) the device's display control, and the input hook.
 #[derive(Clone)]
 pub struct Shared {
     pub display: Arc<Display>,
     pub counters: Arc<GpuCounters>,
     pub control: Option<Arc<DisplayControl>>,
+    pub input: Option<Arc<dyn InputSink>>,
 }
 
 /// Binds the listeners (output N on `addr`'s port + N) and starts accepting.

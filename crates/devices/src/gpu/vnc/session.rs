@@ -2,7 +2,7 @@
 //! thread for the client's messages and a writer loop that answers FramebufferUpdateRequests
 //! with the damaged parts of the output (or all of it when asked for non-incrementally),
 //! in ZRLE when the client offers it and Raw otherwise, plus the cursor shape and position.
-//! Keyboard and pointer events are read and dropped: input is a later device (virtio-input).
+//! Keyboard and pointer events go to the input hook (`InputSink`), if one is attached.
 
 use super::encode::{
     self, ENC_CURSOR, ENC_DESKTOP_SIZE, ENC_EXT_DESKTOP_SIZE, ENC_POINTER_POS, ENC_ZRLE,
@@ -47,6 +47,7 @@ pub fn serve(mut stream: TcpStream, shared: Shared, output: usize) -> io::Result
         display,
         counters,
         control,
+        input,
     } = shared;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -77,7 +78,12 @@ pub fn serve(mut stream: TcpStream, shared: Shared, output: usize) -> io::Result
                     }
                     None => 1,
                 };
-                if let Err(e) = read_messages(stream, &state, &display, &resize) {
+                let input = |e: Input| match (&input, e) {
+                    (Some(i), Input::Key(down, sym)) => i.key(output, down, sym),
+                    (Some(i), Input::Pointer(b, x, y)) => i.pointer(output, b, x, y),
+                    (None, _) => {}
+                };
+                if let Err(e) = read_messages(stream, &state, &display, &resize, &input) {
                     log::debug!("vnc client: {e}");
                 }
                 sync::lock(&state).closed = true;
@@ -130,12 +136,19 @@ fn handshake(s: &mut TcpStream, display: &Display, output: usize) -> io::Result<
     s.write_all(&init)
 }
 
+/// A keyboard or pointer event from the viewer.
+enum Input {
+    Key(bool, u32),
+    Pointer(u8, u16, u16),
+}
+
 /// Reads client messages into `state` until the client leaves or breaks the protocol.
 fn read_messages(
     mut s: TcpStream,
     state: &Mutex<ClientState>,
     display: &Display,
     resize: &dyn Fn(u32, u32) -> u32,
+    input: &dyn Fn(Input),
 ) -> io::Result<()> {
     loop {
         let mut t = [0u8; 1];
@@ -192,14 +205,20 @@ fn read_messages(
                 display.notify();
             }
             4 => {
-                // KeyEvent: dropped (the input hook of a later virtio-input device).
+                // KeyEvent: down flag, 2 padding bytes, keysym.
                 let mut b = [0u8; 7];
                 s.read_exact(&mut b)?;
+                input(Input::Key(
+                    b[0] != 0,
+                    u32::from_be_bytes([b[3], b[4], b[5], b[6]]),
+                ));
             }
             5 => {
-                // PointerEvent: dropped, as above.
+                // PointerEvent: button mask, x, y.
                 let mut b = [0u8; 5];
                 s.read_exact(&mut b)?;
+                let x = u16::from_be_bytes([b[1], b[2]]);
+                input(Input::Pointer(b[0], x, u16::from_be_bytes([b[3], b[4]])));
             }
             6 => {
                 let mut b = [0u8; 7];

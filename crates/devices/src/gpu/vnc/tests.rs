@@ -137,6 +137,7 @@ fn server(w: u32, h: u32) -> (Arc<Display>, Arc<GpuCounters>, u16) {
         display: display.clone(),
         counters: counters.clone(),
         control: None,
+        input: None,
     };
     let bound = start("127.0.0.1:0".parse().unwrap(), 1, shared).unwrap();
     (display, counters, bound[0].port())
@@ -322,6 +323,7 @@ fn set_desktop_size_asks_the_device_and_is_answered() {
         display: display.clone(),
         counters: Arc::new(GpuCounters::default()),
         control: Some(control.clone()),
+        input: None,
     };
     let port = start("127.0.0.1:0".parse().unwrap(), 1, shared).unwrap()[0].port();
     let mut v = Viewer::connect(port, &[0, -308]);
@@ -346,4 +348,62 @@ fn set_desktop_size_asks_the_device_and_is_answered() {
     let u = v.update();
     assert_eq!(u.resized, Some((1, 3, 64, 48)), "invalid size refused");
     assert!(control.pending().is_empty());
+}
+
+/// Records what the viewers typed and pointed at.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<String>>);
+
+impl super::InputSink for Recorder {
+    fn key(&self, output: usize, down: bool, keysym: u32) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{output} key {down} {keysym:#x}"));
+    }
+    fn pointer(&self, output: usize, buttons: u8, x: u16, y: u16) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{output} pointer {buttons} {x} {y}"));
+    }
+}
+
+#[test]
+fn each_output_has_its_port_and_input_reaches_the_hook() {
+    let display = Arc::new(Display::new(2, 32, 32));
+    {
+        let mut s = display.lock();
+        s.frames[1] = crate::gpu::Frame {
+            width: 40,
+            height: 20,
+            pixels: vec![0x445566; 800],
+            enabled: true,
+        };
+    }
+    let rec = Arc::new(Recorder::default());
+    let shared = super::Shared {
+        display: display.clone(),
+        counters: Arc::new(GpuCounters::default()),
+        control: None,
+        input: Some(rec.clone()),
+    };
+    let bound = start("127.0.0.1:0".parse().unwrap(), 2, shared).unwrap();
+    // Port 0 asks the system for any ports: one each, different.
+    assert_eq!(bound.len(), 2);
+    assert_ne!(bound[0].port(), bound[1].port());
+    let mut v = Viewer::connect(bound[1].port(), &[0]);
+    assert_eq!((v.w, v.h), (40, 20));
+    let full = v.full();
+    v.request(false, full);
+    v.update();
+    assert!(v.px.iter().all(|&p| p == 0x445566));
+    // KeyEvent 'a' down, PointerEvent left button at (7, 9).
+    v.s.write_all(&[4, 1, 0, 0, 0, 0, 0, 0x61]).unwrap();
+    v.s.write_all(&[5, 1, 0, 7, 0, 9]).unwrap();
+    wait(|| rec.0.lock().unwrap().len() == 2);
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        vec!["1 key true 0x61".to_string(), "1 pointer 1 7 9".to_string()]
+    );
 }
