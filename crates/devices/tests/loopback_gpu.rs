@@ -433,6 +433,13 @@ fn hostile_commands_get_the_spec_errors_and_the_device_goes_on() {
             g.status(&rect_cmd(CMD_RESOURCE_FLUSH, 60, 60, 5, 5, 1, 0)),
             bad_param
         );
+        // A scanout wider than any viewer holds (a thin resource that fits the budget).
+        g.ok(&cmd(CMD_RESOURCE_CREATE_2D, &[9, 2, 70000, 2]));
+        assert_eq!(
+            g.status(&rect_cmd(CMD_SET_SCANOUT, 0, 0, 70000, 2, 0, 9)),
+            bad_param
+        );
+        g.ok(&cmd(CMD_RESOURCE_UNREF, &[9, 0]));
         // Unknown and 3D commands, truncated commands.
         assert_eq!(g.status(&hdr(0x0200)), RESP_ERR_UNSPEC);
         assert_eq!(g.status(&hdr(0xdead_beef)), RESP_ERR_UNSPEC);

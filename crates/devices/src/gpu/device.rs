@@ -26,6 +26,9 @@ const EVENTS_READ: usize = 0;
 const EVENTS_CLEAR: usize = 4;
 /// Longest fixed part of a command (TRANSFER_TO_HOST_2D, UPDATE_CURSOR).
 const MAX_FIXED: usize = 56;
+/// Largest side of a scanout (what viewers and PNG files are asked to hold; Linux's driver
+/// stops at 8192).
+pub const MAX_SCANOUT_SIDE: u32 = 16384;
 /// Backing entries read per step of an ATTACH_BACKING.
 const ENTRY_BATCH: usize = 256;
 
@@ -232,7 +235,11 @@ impl GpuDevice {
                     return Ok(hdr.response(RESP_OK_NODATA).to_vec());
                 }
                 let res = self.resources.get(id)?;
-                if rect.is_empty() || !rect.within(res.width, res.height) {
+                if rect.is_empty()
+                    || !rect.within(res.width, res.height)
+                    || rect.width > MAX_SCANOUT_SIDE
+                    || rect.height > MAX_SCANOUT_SIDE
+                {
                     return Err(GpuError::InvalidParameter);
                 }
                 scanout::show(&self.display, i, res, rect);
