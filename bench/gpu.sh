@@ -7,6 +7,9 @@
 #   - full-screen updates per second: the guest redraws for DURATION seconds as fast as it
 #     can; counted are the frames each viewer received (top-left pixel changing colour), and
 #     the frames the guest wrote;
+#   - DRM page flips per second: modetest -v flips two full-screen dumb buffers for 15 s
+#     (each flip a TRANSFER_TO_HOST_2D and a RESOURCE_FLUSH whose fence the driver waits
+#     for): the device's own full-screen update rate, without a viewer;
 #   - draw-to-VNC latency: MARKS single redraws, 300 ms apart; the guest prints a marker on
 #     its serial console right before each, and the probe measures from the marker's arrival
 #     in the console file to the first update showing the new colour (so it includes the
@@ -74,6 +77,14 @@ for i in \$(seq $MARKS); do
     sleep 0.3
 done
 sleep 1
+# Page flips through DRM (modetest -v: two dumb buffers, each flip a full-screen
+# TRANSFER_TO_HOST_2D and RESOURCE_FLUSH the driver waits for): the device's own rate.
+c=\$(modetest -M virtio_gpu -c | awk '\$3 == "connected" { print \$1; exit }')
+mkfifo /tmp/in; exec 7<>/tmp/in
+timeout 17 stdbuf -oL modetest -M virtio_gpu -s \$c:${W}x$H -v <&7 2>&1 | grep '^freq:' > /tmp/freq
+# modetest prints the rate every 5 s; the first and last lines cover partial intervals.
+f=\$(sed '1d;\$d' /tmp/freq | sed 's/freq: //; s/Hz//' | sort -n | awk '{ a[NR] = \$1 } END { print a[int((NR + 1) / 2)] }')
+echo "$1 flips_per_s \${f:-n/a}" >> /job/results.txt
 con "BENCH-DONE"
 sleep 1
 GUEST
@@ -88,7 +99,7 @@ run() { # NAME VNC-PORT QEMU-ARGS...
 	job "$name" >"$work/job/run.sh"
 	chmod +x "$work/job/run.sh"
 	: >"$work/job/results.txt"
-	echo "$name: booting the guest (1 vCPU, TCG); about $((DURATION + MARKS / 3 + 25)) s"
+	echo "$name: booting the guest (1 vCPU, TCG); about $((DURATION + MARKS / 3 + 45)) s"
 	python3 bench/gpu_probe.py "$work/job/console.log" "$name=127.0.0.1:$port" >>"$work/probe.txt" &
 	probe=$!
 	EPF_PIDS+=("$probe")
@@ -110,11 +121,12 @@ cat "$work/results.txt"
 cat "$work/probe.txt"
 echo
 awk '
-FNR == NR { if ($2 == "guest_frames_per_s") g[$1] = $3; next }
+FNR == NR { if ($2 == "guest_frames_per_s") g[$1] = $3; if ($2 == "flips_per_s") f[$1] = $3; next }
 { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[$1, kv[1]] = kv[2] } }
 END {
   printf "%-34s %12s %12s %8s\n", "", "virtio-epf", "QEMU", "ratio"
-  printf "%-34s %12s %12s %8.2f\n", "frames written by the guest /s", g["epf"], g["qemu"], g["qemu"] ? g["epf"] / g["qemu"] : 0
+  printf "%-34s %12s %12s %8.2f\n", "DRM page flips /s (modetest -v)", f["epf"], f["qemu"], f["qemu"] ? f["epf"] / f["qemu"] : 0
+  printf "%-34s %12s %12s %8.2f\n", "fbdev frames written by the guest /s", g["epf"], g["qemu"], g["qemu"] ? g["epf"] / g["qemu"] : 0
   split("updates_per_s latency_ms_median latency_ms_p90 latency_ms_max", k, " ")
   split("full-screen updates at the viewer /s|draw-to-VNC latency median ms|draw-to-VNC latency p90 ms|draw-to-VNC latency max ms", label, "|")
   for (i = 1; i <= 4; i++) {
