@@ -28,10 +28,11 @@ fn copy_area(frame: &mut Frame, res: &Resource, rect: &Rect, area: &Rect) {
         let dst = &mut frame.pixels[d0..d0 + area.width as usize];
         if bgrx {
             // B, G, R, X/A in memory: each little-endian word is 0x..RRGGBB already; only
-            // the fourth byte is cleared (fixed-size chunks: the loop is vectorised).
-            let (words, _) = src.as_chunks::<4>();
-            for (d, w) in dst.iter_mut().zip(words) {
-                *d = u32::from_le_bytes(*w) & 0x00ff_ffff;
+            // the fourth byte is cleared.
+            // (`try_from` of an exact chunk cannot fail; written this way the loop is
+            // vectorised, indexing the bytes one by one is five times slower.)
+            for (d, p) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = <[u8; 4]>::try_from(p).map_or(0, u32::from_le_bytes) & 0x00ff_ffff;
             }
         } else {
             for (d, p) in dst.iter_mut().zip(src.chunks_exact(bpp)) {
