@@ -31,7 +31,7 @@ QEMU_PACKAGES=(qemu-system-x86)
 # Tools the guest uses; the guest mounts the chroot itself as its root fs.
 GUEST_PACKAGES=(
 	kmod cpio busybox-static pciutils fio iperf3 e2fsprogs ethtool iproute2
-	iputils-ping coreutils util-linux procps xz-utils
+	iputils-ping coreutils util-linux procps xz-utils libdrm-tests
 )
 # Kernel modules (and, via modules.dep, their dependencies) that the
 # initramfs needs before it can mount the 9p root and overlay it.

@@ -9,7 +9,8 @@ set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 need=()
-for tool in cc:gcc python3:python3 ip:iproute2 pkill:procps; do
+# gvnccapture: the VNC client of the gpu end-to-end test (e2e_gpu.rs).
+for tool in cc:gcc python3:python3 ip:iproute2 pkill:procps gvnccapture:gvncviewer; do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then

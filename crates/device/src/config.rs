@@ -1,17 +1,35 @@
 //! The device-specific configuration space, shared between the device (which may change it
 //! at run time, e.g. a link status or a capacity) and the transport (which serves the host's
-//! reads and bumps `config_generation` on every change).
+//! reads and bumps `config_generation` on every change). Most device configuration is
+//! read-only to the driver; a device with driver-writable fields (virtio-gpu's
+//! `events_clear`) installs a [`ConfigWriteHook`] that applies the driver's writes.
 
 use epf_epc::sync;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+/// Applies a driver write of `data` at `offset` to the configuration bytes (`bytes`), as the
+/// device's spec says (e.g. "write 1 to clear" bits elsewhere in the space). Runs on the
+/// transport's register thread with the space locked: it must be quick and must not block.
+pub type ConfigWriteHook = Box<dyn Fn(&mut Vec<u8>, usize, &[u8]) + Send + Sync>;
 
 /// Device configuration bytes plus change tracking.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DeviceConfig {
     bytes: Mutex<Vec<u8>>,
     generation: AtomicU8,
     changed: AtomicBool,
+    write_hook: OnceLock<ConfigWriteHook>,
+}
+
+impl std::fmt::Debug for DeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfig")
+            .field("bytes", &self.bytes)
+            .field("generation", &self.generation)
+            .field("writable", &self.write_hook.get().is_some())
+            .finish()
+    }
 }
 
 impl DeviceConfig {
@@ -21,7 +39,26 @@ impl DeviceConfig {
             bytes: Mutex::new(bytes),
             generation: AtomicU8::new(0),
             changed: AtomicBool::new(false),
+            write_hook: OnceLock::new(),
         }
+    }
+
+    /// Makes the space writable by the driver through `hook` (once; later calls are ignored).
+    pub fn set_write_hook(&self, hook: ConfigWriteHook) {
+        let _ = self.write_hook.set(hook);
+    }
+
+    /// Host write: applied by the device's hook (bumping the generation, without a
+    /// configuration-change interrupt: the driver made the change), or ignored when the space
+    /// is read-only. Returns whether it was applied.
+    pub fn write(&self, offset: u64, data: &[u8]) -> bool {
+        let (Some(hook), Ok(offset)) = (self.write_hook.get(), usize::try_from(offset)) else {
+            return false;
+        };
+        let mut bytes = self.lock();
+        hook(&mut bytes, offset, data);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
@@ -92,5 +129,23 @@ mod tests {
         assert!(!c.take_changed());
         c.read(0, &mut b);
         assert_eq!(b, [1, 2, 9, 9]);
+    }
+
+    #[test]
+    fn writes_need_a_hook_and_do_not_signal_a_change() {
+        let c = DeviceConfig::new(vec![0xff, 0]);
+        assert!(!c.write(1, &[1]), "read-only without a hook");
+        c.set_write_hook(Box::new(|b, off, data| {
+            // Write-1-to-clear of byte 0 through byte 1.
+            if off == 1 {
+                b[0] &= !data[0];
+            }
+        }));
+        assert!(c.write(1, &[0x0f]));
+        let mut b = [0; 2];
+        c.read(0, &mut b);
+        assert_eq!(b, [0xf0, 0]);
+        assert_eq!(c.generation(), 1);
+        assert!(!c.take_changed());
     }
 }

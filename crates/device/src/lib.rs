@@ -18,7 +18,7 @@ mod context;
 mod kind;
 mod waker;
 
-pub use config::DeviceConfig;
+pub use config::{ConfigWriteHook, DeviceConfig};
 pub use context::DeviceContext;
 pub use epf_epc::{CounterSource, Counters};
 pub use epf_virtqueue::{
@@ -105,6 +105,13 @@ pub trait VirtioDevice: Send + 'static {
     /// The driver reset the device: forget everything tied to the driver (its queues are
     /// already gone). The device must be ready for a new negotiation when this returns.
     fn reset(&mut self);
+
+    /// How driver writes to the device configuration space are applied, for a device with
+    /// writable fields (optional: without one the space is read-only). Taken once, when the
+    /// function starts.
+    fn config_write_hook(&self) -> Option<ConfigWriteHook> {
+        None
+    }
 
     /// The device's counters, for operators (optional). Called once, when the function
     /// starts; the transport reports them with its own counters (`--stats-file`, SIGUSR1)

@@ -11,6 +11,7 @@ pub const DEVICES: &[&dyn DeviceKind] = &[
     &epf_devices::blk::Blk,
     &epf_devices::net::Net,
     &epf_devices::vsock::Vsock,
+    &epf_devices::gpu::Gpu,
 ];
 
 /// A set of device kinds the command line is built from.
@@ -59,7 +60,7 @@ mod tests {
     fn builtin_devices_have_unique_names_and_the_spec_ids() {
         let r = Registry::builtin();
         let names: Vec<_> = r.kinds().iter().map(|k| k.info().name).collect();
-        assert_eq!(names, ["rng", "console", "blk", "net", "vsock"]);
+        assert_eq!(names, ["rng", "console", "blk", "net", "vsock", "gpu"]);
         for k in r.kinds() {
             let i = k.info();
             assert_eq!(r.find(i.name).map(|k| k.info()), Some(i));

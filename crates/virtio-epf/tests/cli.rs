@@ -263,6 +263,8 @@ fn help_lists_every_device_with_its_ids() {
         ("console", "PCI 1af4:1043, legacy 1af4:1003"),
         ("blk", "PCI 1af4:1042, legacy 1af4:1001"),
         ("net", "PCI 1af4:1041, legacy 1af4:1000"),
+        ("vsock", "PCI 1af4:1053)"),
+        ("gpu", "PCI 1af4:1050)"),
     ] {
         let line = help
             .lines()
@@ -300,4 +302,69 @@ fn sigterm_during_start_up_is_a_clean_shutdown() {
         assert!(!sock.exists(), "round {round}: socket left behind");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// virtio-gpu: modern layout only (refused with the reason), its options checked at parse
+/// time, its counters in the stats file.
+#[test]
+fn gpu_is_modern_only_checks_its_options_and_reports_counters() {
+    let o = run(&["gpu", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    for s in [
+        "no legacy form",
+        "--resolution",
+        "--outputs",
+        "--max-memory",
+        "--vnc",
+        "--screenshot",
+    ] {
+        assert!(help.contains(s), "{s} not in:\n{help}");
+    }
+    let dir = std::env::temp_dir().join(format!("virtio-epf-cli-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("ep.sock");
+    let sock = sock.to_str().unwrap();
+    let o = run(&["gpu", "--vfio-user", sock, "--layout", "legacy"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains("no legacy layout"), "{err}");
+    assert!(!std::path::Path::new(sock).exists(), "socket left behind");
+    for bad in [
+        &["--resolution", "10x10"][..],
+        &["--resolution", "4096x100"],
+        &["--resolution", "wide"],
+        &["--outputs", "0"],
+        &["--outputs", "17"],
+        &["--max-memory", "0"],
+        &["--vnc", "nowhere"],
+    ] {
+        let mut args = vec!["gpu", "--vfio-user", sock];
+        args.extend_from_slice(bad);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stderr(&o));
+    }
+    let o = run(&[
+        "gpu",
+        "--vfio-user",
+        sock,
+        "--screenshot",
+        "/no/such/dir/s.png",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let (text, printed) = counters_of("gpu", "gpu:", &["--outputs", "2"]);
+    for key in [
+        "create_2d",
+        "transfer_2d",
+        "flush",
+        "bytes_transferred",
+        "frames_flushed",
+        "vnc_clients",
+    ] {
+        assert_eq!(field(&text, "gpu:", key), Some("0"), "{key}:\n{text}");
+    }
+    assert_eq!(field(&text, "cursor:", "visible"), Some("0"), "{text}");
+    assert!(printed.lines().any(|l| l.starts_with("gpu:")), "{printed}");
 }

@@ -110,6 +110,9 @@ impl VirtioPciFunction {
         let device_type = device.device_type();
         let device_stats = device.stats();
         let config = DeviceConfig::new(device.initial_config());
+        if let Some(hook) = device.config_write_hook() {
+            config.set_write_hook(hook);
+        }
         let offered = device.device_features() | TRANSPORT_FEATURES;
         let num_queues = sizes.len() as u16;
         let vectors = match options.irq {
@@ -335,7 +338,7 @@ impl FunctionHandler for VirtioPciFunction {
         match layout.region_at(offset) {
             Some((Region::Common, off)) => self.common_write(off, data),
             Some((Region::Notify, off)) => self.notify(off),
-            Some((Region::Device, off)) => {
+            Some((Region::Device, off)) if !self.shared.config.write(off, data) => {
                 log::debug!("ignored write to read-only device config at {off:#x}")
             }
             _ => {}

@@ -374,6 +374,10 @@ pub struct Guest<'a> {
     pub append: String,
     /// A guest reboot restarts the guest (run.sh runs again) instead of ending the run.
     pub allow_reboot: bool,
+    /// More QEMU arguments (after the daemons' devices), e.g. QEMU's own devices.
+    pub qemu_args: Vec<String>,
+    /// More directories QEMU may reach at the same path (e.g. for a QMP socket).
+    pub socket_dirs: Vec<PathBuf>,
 }
 
 impl<'a> Guest<'a> {
@@ -385,6 +389,8 @@ impl<'a> Guest<'a> {
             timeout: 240,
             append: String::new(),
             allow_reboot: false,
+            qemu_args: Vec::new(),
+            socket_dirs: Vec::new(),
         }
     }
 
@@ -422,10 +428,14 @@ impl<'a> Guest<'a> {
         for d in &self.daemons {
             cmd.arg("--socket-dir").arg(&d.dir);
         }
+        for d in &self.socket_dirs {
+            cmd.arg("--socket-dir").arg(d);
+        }
         cmd.arg("--");
         for (i, d) in self.daemons.iter().enumerate() {
             cmd.args(d.qemu_args(i as u32 + 1));
         }
+        cmd.args(&self.qemu_args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
