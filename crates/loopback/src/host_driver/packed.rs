@@ -87,14 +87,15 @@ impl HostQueue {
         let (mut pos, mut wrap) = (self.pk().next_avail, self.pk().avail_wrap);
         let mut head_flags = 0;
         let head_pos = pos;
-        let descs: Vec<(u64, u32, u16)> = match indirect {
-            Some((table, len)) => vec![(table, len, VIRTQ_DESC_F_INDIRECT)],
-            None => bufs
-                .iter()
-                .map(|&(a, l, w)| (a, l, if w { VIRTQ_DESC_F_WRITE } else { 0 }))
-                .collect(),
+        let desc_at = |k: usize| match indirect {
+            Some((table, len)) => (table, len, VIRTQ_DESC_F_INDIRECT),
+            None => {
+                let (a, l, w) = bufs[k];
+                (a, l, if w { VIRTQ_DESC_F_WRITE } else { 0 })
+            }
         };
-        for (k, &(addr, len, mut flags)) in descs.iter().enumerate() {
+        for k in 0..n {
+            let (addr, len, mut flags) = desc_at(k);
             if k + 1 < n {
                 flags |= VIRTQ_DESC_F_NEXT;
             }

@@ -43,6 +43,23 @@ pub(crate) struct QueueParams {
     pub timeout: Duration,
 }
 
+/// Allocates a queue's rings in host RAM: `(descriptors, driver area, device area)`. Split:
+/// one block like Linux's `vring_size(num, SMP_CACHE_BYTES)` (descriptor table, available
+/// ring, used ring at the next 64-byte boundary). Packed: the descriptor ring, then the
+/// driver and device event suppression structures.
+pub(crate) fn alloc_rings(bus: &HostBus, size: u16, packed: bool) -> Result<(u64, u64, u64)> {
+    if packed {
+        let ring = desc_table_size(size);
+        let desc = bus.alloc(ring + 2 * EVENT_SUPPRESS_SIZE, 4096)?;
+        return Ok((desc, desc + ring, desc + ring + EVENT_SUPPRESS_SIZE));
+    }
+    let avail_off = desc_table_size(size);
+    let used_off = (avail_off + avail_ring_size(size)).next_multiple_of(VRING_USED_ALIGN);
+    let total = used_off + used_ring_size(size);
+    let desc = bus.alloc(total, 4096)?;
+    Ok((desc, desc + avail_off, desc + used_off))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Chain {
     /// Descriptors of the ring's table the chain occupies.
@@ -119,6 +136,42 @@ impl HostQueue {
         q.bus.ram_write_u16(q.avail + AVAIL_IDX, 0)?;
         q.bus.ram_write_u16(q.used_event_addr(), 0)?;
         Ok(q)
+    }
+
+    /// A queue of `size` (a power of two for split rings) with fresh rings in `bus`'s RAM,
+    /// attached to no device: no notification address (never call
+    /// [`notify`](Self::notify) / [`kick`](Self::kick)) and no vector. For benchmarks that
+    /// run the device side of the same rings in-process and poll both sides.
+    pub fn standalone(
+        bus: HostBus,
+        size: u16,
+        packed: bool,
+        event_idx: bool,
+        indirect: bool,
+    ) -> Result<Self> {
+        if size == 0 || size > VIRTQ_MAX_SIZE || (!packed && !size.is_power_of_two()) {
+            return Err(DriverError::BadQueueSize {
+                index: 0,
+                size,
+                max: VIRTQ_MAX_SIZE,
+            });
+        }
+        let (desc, avail, used) = alloc_rings(&bus, size, packed)?;
+        HostQueue::new(QueueParams {
+            bus,
+            index: 0,
+            size,
+            desc,
+            avail,
+            used,
+            notify_bar: u8::MAX,
+            notify_offset: 0,
+            msix_vector: None,
+            event_idx,
+            indirect,
+            packed,
+            timeout: Duration::from_secs(10),
+        })
     }
 
     // ---- Layout and state accessors -----------------------------------------------------

@@ -7,7 +7,7 @@
 
 use super::caps::{find_virtio_caps, VirtioCap, VirtioCaps};
 use super::error::{DriverError, Result};
-use super::queue::{HostQueue, QueueParams};
+use super::queue::{alloc_rings, HostQueue, QueueParams};
 use super::spec::*;
 use crate::HostBus;
 use std::time::{Duration, Instant};
@@ -359,20 +359,7 @@ impl VirtioPciDriver {
             return Err(DriverError::BadQueueSize { index, size, max });
         }
 
-        let (desc, avail, used) = if packed {
-            // Descriptor ring, then the driver and device event suppression structures.
-            let ring = desc_table_size(size);
-            let desc = self.bus.alloc(ring + 2 * EVENT_SUPPRESS_SIZE, 4096)?;
-            (desc, desc + ring, desc + ring + EVENT_SUPPRESS_SIZE)
-        } else {
-            // One block like vring_size(num, SMP_CACHE_BYTES): descriptors, available ring,
-            // then the used ring at the next 64-byte boundary.
-            let avail_off = desc_table_size(size);
-            let used_off = (avail_off + avail_ring_size(size)).next_multiple_of(VRING_USED_ALIGN);
-            let total = used_off + used_ring_size(size);
-            let desc = self.bus.alloc(total, 4096)?;
-            (desc, desc + avail_off, desc + used_off)
-        };
+        let (desc, avail, used) = alloc_rings(&self.bus, size, packed)?;
 
         self.common_write16(COMMON_QUEUE_SELECT, index);
         self.common_write16(COMMON_QUEUE_SIZE, size);

@@ -21,6 +21,7 @@
 //! the ring position of the chain's first descriptor where the split ring names its head.
 
 pub mod format;
+mod prefetch;
 
 use crate::layout::{self, Ring, DESC_SIZE};
 use crate::walk::{BlockCache, Table, Walk};
@@ -31,6 +32,7 @@ use format::{
     EVENT_FLAGS_OFFSET, FLAGS_OFFSET, LEN_OFFSET, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
     RING_EVENT_FLAGS_ENABLE,
 };
+use prefetch::{Prefetch, PREFETCH};
 use std::sync::atomic::{fence, Ordering};
 
 /// Marks an id during [`PackedRing::add_used_many`]'s duplicate check (`in_flight` counts are
@@ -81,8 +83,8 @@ pub(crate) struct PackedRing {
     event_idx: bool,
     avail: Position,
     used: Position,
-    /// The flags at `avail` were seen available (and the Acquire fence done).
-    head_ready: bool,
+    /// Batched reads of available descriptors (see the `prefetch` module).
+    prefetch: Prefetch,
     /// Per buffer id: ring descriptors of the in-flight buffer, 0 when not in flight.
     in_flight: Vec<u32>,
     in_flight_descs: u32,
@@ -124,7 +126,7 @@ impl PackedRing {
             event_idx,
             avail: Position::START,
             used: Position::START,
-            head_ready: false,
+            prefetch: Prefetch::new(),
             in_flight: vec![0; usize::from(size)],
             in_flight_descs: 0,
             device_flags: None,
@@ -156,7 +158,7 @@ impl PackedRing {
             pos: pos % self.size,
             wrap,
         };
-        self.head_ready = false;
+        self.prefetch.clear();
         self.last_pop = None;
     }
 
@@ -174,14 +176,28 @@ impl PackedRing {
     }
 
     /// Whether the descriptor at the next available position is available. Reads its flags
-    /// unless they were already seen available.
+    /// unless an earlier read showed it available.
     pub fn has_available(&mut self, mem: &dyn HostMemory) -> Result<bool, QueueError> {
-        if !self.head_ready {
+        if !self.prefetch.known_available() {
             let flags = mem.read_u16(self.desc_addr(self.avail.pos) + FLAGS_OFFSET)?;
-            fence(Ordering::Acquire);
-            self.head_ready = is_available(flags, self.avail.wrap);
+            if !is_available(flags, self.avail.wrap) {
+                return Ok(false);
+            }
+            self.prefetch.saw_head();
         }
-        Ok(self.head_ready)
+        Ok(true)
+    }
+
+    /// Makes the descriptor at the next available position trusted in the prefetch buffer:
+    /// Acquire fence, then one block read from there (which is also the evidence for the
+    /// heads after it).
+    fn fetch(&mut self, mem: &dyn HostMemory) -> Result<(), QueueError> {
+        fence(Ordering::Acquire);
+        let n = PREFETCH.min(self.size - self.avail.pos);
+        let at = self.desc_addr(self.avail.pos);
+        mem.read(at, self.prefetch.target(n))?;
+        self.prefetch.filled(n, self.avail.wrap);
+        Ok(())
     }
 
     /// Pops the next available chain; see [`Queue::pop`](crate::Queue::pop). Returns the
@@ -191,11 +207,16 @@ impl PackedRing {
         mem: &dyn HostMemory,
         chain: &mut DescriptorChain,
     ) -> Result<bool, QueueError> {
-        if !self.has_available(mem)? {
-            return Ok(false);
+        if self.prefetch.trusted == 0 {
+            if !self.has_available(mem)? {
+                return Ok(false);
+            }
+            self.fetch(mem)?;
         }
         let start = self.avail;
-        let (id, n) = self.walk(mem, start, chain)?;
+        // `fetch` left the descriptor at `start` trusted.
+        let (first, rest) = self.prefetch.head().unwrap_or((&[0; 16], &[]));
+        let (id, n) = self.walk(mem, start, first, rest, chain)?;
         if id >= self.size {
             return Err(QueueError::BufferIdOutOfRange {
                 id,
@@ -216,17 +237,20 @@ impl PackedRing {
         self.in_flight[usize::from(id)] = u32::from(n);
         self.in_flight_descs += u32::from(n);
         self.avail.advance(n, self.size);
-        self.head_ready = false;
+        self.prefetch.consumed(n);
         self.last_pop = Some(LastPop { start, id });
         Ok(true)
     }
 
-    /// Walks the chain starting at `start` (whose flags were seen available) into `chain`;
-    /// returns its buffer id and the number of ring descriptors it occupies.
+    /// Walks the chain starting at `start` (whose first descriptor is trusted in the
+    /// prefetch buffer) into `chain`; returns its buffer id and the number of ring
+    /// descriptors it occupies.
     fn walk(
         &self,
         mem: &dyn HostMemory,
         start: Position,
+        first: &[u8],
+        mut rest: &[u8],
         chain: &mut DescriptorChain,
     ) -> Result<(u16, u16), QueueError> {
         chain.reset(0);
@@ -239,9 +263,11 @@ impl PackedRing {
         let mut cache = BlockCache::new();
         let mut at = start;
         let mut n = 0u16;
-        // The first descriptor alone (most chains have one); continuations block by block.
+        // The first descriptor and the members that were read with it come from the
+        // prefetch buffer (read after its head was seen available); further ones from the
+        // ring, block by block.
         let mut raw = [0u8; DESC_SIZE as usize];
-        mem.read(self.desc_addr(at.pos), &mut raw)?;
+        raw.copy_from_slice(first);
         loop {
             let d = PackedDescriptor::from_bytes(&raw);
             if !is_available(d.flags, at.wrap) {
@@ -269,7 +295,13 @@ impl PackedRing {
                     size,
                 });
             }
-            raw = cache.get_raw(mem, ring, u32::from(at.pos))?;
+            if at.pos != 0 && rest.len() >= DESC_SIZE as usize {
+                raw.copy_from_slice(&rest[..DESC_SIZE as usize]);
+                rest = &rest[DESC_SIZE as usize..];
+            } else {
+                rest = &[];
+                raw = cache.get_raw(mem, ring, u32::from(at.pos))?;
+            }
         }
     }
 
@@ -281,7 +313,7 @@ impl PackedRing {
         let n = std::mem::take(&mut self.in_flight[usize::from(last.id)]);
         self.in_flight_descs -= n;
         self.avail = last.start;
-        self.head_ready = false;
+        self.prefetch.clear();
         true
     }
 
@@ -358,6 +390,12 @@ impl PackedRing {
             return Ok(());
         };
         let first = self.used;
+        if self.write_used_run(mem, elems)? {
+            for &(id, _) in elems {
+                self.retire(id, 1);
+            }
+            return Ok(());
+        }
         let mut pos = first;
         pos.advance(self.in_flight[usize::from(first_id)] as u16, self.size);
         for &(id, len) in rest {
@@ -380,6 +418,53 @@ impl PackedRing {
             self.retire(id, n);
         }
         Ok(())
+    }
+
+    /// The common case of [`add_used_many`](Self::add_used_many): single-descriptor buffers
+    /// whose used descriptors are consecutive without wrapping. Writes descriptors 2.. whole
+    /// in one write, the first one's `len` and `id`, then (Release) its flags: three writes
+    /// for the pass. Returns false (writing nothing) when the case does not apply.
+    fn write_used_run(
+        &self,
+        mem: &dyn HostMemory,
+        elems: &[(u16, u32)],
+    ) -> Result<bool, QueueError> {
+        let k = elems.len();
+        if k < 3
+            || usize::from(self.used.pos) + k > usize::from(self.size)
+            || elems
+                .iter()
+                .any(|&(id, _)| self.in_flight[usize::from(id)] != 1)
+        {
+            return Ok(false);
+        }
+        let flags = used_flags(self.used.wrap).to_le_bytes();
+        let mut run = [0u8; (DESC_SIZE as usize) * 64];
+        let mut start = 1;
+        while start < k {
+            // At most 64 descriptors per write.
+            let end = (start + 64).min(k);
+            let bytes = &mut run[..(end - start) * DESC_SIZE as usize];
+            for (i, &(id, len)) in elems[start..end].iter().enumerate() {
+                let d = &mut bytes[i * DESC_SIZE as usize..(i + 1) * DESC_SIZE as usize];
+                d[..8].fill(0);
+                d[8..12].copy_from_slice(&len.to_le_bytes());
+                d[12..14].copy_from_slice(&id.to_le_bytes());
+                d[14..16].copy_from_slice(&flags);
+            }
+            let at = self.desc_addr(self.used.pos + start as u16);
+            mem.write(at, bytes)?;
+            start = end;
+        }
+        let (id, len) = elems[0];
+        let at = self.desc_addr(self.used.pos);
+        let mut b = [0u8; 6];
+        b[..4].copy_from_slice(&len.to_le_bytes());
+        b[4..].copy_from_slice(&id.to_le_bytes());
+        mem.write(at + LEN_OFFSET, &b)?;
+        fence(Ordering::Release);
+        mem.write_u16(at + FLAGS_OFFSET, used_flags(self.used.wrap))?;
+        Ok(true)
     }
 
     /// Whether the driver wants an interrupt for the used descriptors written since the
@@ -444,7 +529,7 @@ impl PackedRing {
         }
         // Order the stores above before re-reading the next descriptor's flags.
         fence(Ordering::SeqCst);
-        self.head_ready = false;
+        self.prefetch.clear();
         self.has_available(mem)
     }
 

@@ -407,3 +407,51 @@ fn zeroed_ring_is_empty_and_stale_laps_are_not_available() {
     let _ = PackedDriverRing::new(drv.memory().clone(), 4);
     assert_no_oob(&drv);
 }
+
+/// Batched reads: a run of available single-descriptor chains costs one flags read and
+/// about two block reads per 32 descriptors (one whose flags are the evidence, one whose
+/// contents are used), descriptors published while the device is in
+/// the middle of a run are picked up in order, and a pass's used descriptors take three
+/// writes.
+#[test]
+fn runs_are_read_in_blocks_and_published_in_three_writes() {
+    let (mut drv, mut q) = setup(256, 1 << 20, false);
+    let mut tcs: Vec<_> = (0..64)
+        .map(|_| drv.add_chain(&[Buf::Writable(8)]))
+        .collect();
+    let mem = drv.memory().clone();
+    let before = mem.accesses();
+    let mut c = DescriptorChain::default();
+    let mut elems = Vec::new();
+    for tc in &tcs[..40] {
+        assert!(q.pop(&mut c).unwrap());
+        assert_eq!(c.head(), tc.head);
+        assert_eq!(c.writable(), &tc.writable[..]);
+        elems.push((c.head(), 8));
+    }
+    // The flags at 0, then blocks at 0 (evidence for 1..32), 1 (contents of 1..32, evidence
+    // for 32), 32 and 33: five reads where one per descriptor would be 80.
+    let reads = mem.accesses() - before;
+    assert_eq!(reads, 5, "reads for 40 chains");
+    // More published mid-run: found in order after the first 64.
+    tcs.extend((0..10).map(|_| drv.add_chain(&[Buf::Writable(8)])));
+    for tc in &tcs[40..] {
+        assert!(q.pop(&mut c).unwrap());
+        assert_eq!(c.head(), tc.head);
+        elems.push((c.head(), 8));
+    }
+    assert!(!q.pop(&mut c).unwrap());
+    let before = mem.accesses();
+    q.add_used_many(&elems[..32]).unwrap();
+    assert_eq!(
+        mem.accesses() - before,
+        3,
+        "three writes for 32 used descriptors"
+    );
+    q.add_used_many(&elems[32..]).unwrap();
+    for &(id, len) in &elems {
+        assert_eq!(drv.pop_used(), Some((id, len)));
+    }
+    assert_eq!(drv.pop_used(), None);
+    assert_no_oob(&drv);
+}
