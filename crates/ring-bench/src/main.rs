@@ -1,18 +1,21 @@
 //! `ring-bench`: the device-side virtqueue engine (`epf-virtqueue`) and the loopback host
 //! driver (`epf-loopback`'s `HostQueue`) on the same rings in host RAM, both polling, no
-//! notifications or interrupts. The driver posts device-writable buffers of the given size
-//! (like a receive queue), the device pops each chain, writes the payload, and publishes a
-//! pass's used entries with one `add_used_many`. Used by bench/ring.sh.
+//! notifications or interrupts. Direction `tx`: the driver posts device-readable buffers of
+//! the given size (a transmit queue, like DPDK's virtio-user -> vhost-user), the device pops
+//! each chain and copies the payload out; `rx`: device-writable buffers the device fills.
+//! A device pass publishes its used entries with one `add_used_many`. Used by bench/ring.sh.
 //!
 //! Modes:
-//! * `ring-bench threads FORMAT BYTES BATCH REQUESTS`: two threads; prints one line of
+//! * `ring-bench threads FORMAT DIR BYTES BATCH REQUESTS`: two threads; prints one line of
 //!   `key=value` fields: Mpps, and the device's host-memory transactions and bytes per
 //!   request (ring areas and buffers apart).
-//! * `ring-bench single FORMAT BYTES BATCH REQUESTS`: one thread alternating a driver pass
+//! * `ring-bench single FORMAT DIR BYTES BATCH REQUESTS`: one thread alternating a driver pass
 //!   and a device pass (deterministic: for callgrind, whose `--toggle-collect` on
 //!   `device_pass` / `driver_pass` gives instructions per request).
 //!
-//! FORMAT is `split` or `packed`; the queue has 256 entries.
+//! FORMAT is `split` or `packed`, DIR `tx` or `rx`; the queue has 256 entries. With
+//! `RING_BENCH_NO_COUNT=1` the device reaches host memory directly (no counting wrapper),
+//! for instruction counts of the engine alone.
 
 mod counting;
 
@@ -30,19 +33,20 @@ const QUEUE_SIZE: u16 = 256;
 struct Args {
     threads: bool,
     packed: bool,
+    tx: bool,
     bytes: u32,
     batch: usize,
     requests: u64,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ring-bench threads|single split|packed BYTES BATCH REQUESTS");
+    eprintln!("usage: ring-bench threads|single split|packed tx|rx BYTES BATCH REQUESTS");
     std::process::exit(2)
 }
 
 fn parse() -> Args {
     let a: Vec<String> = std::env::args().skip(1).collect();
-    if a.len() != 5 {
+    if a.len() != 6 {
         usage()
     }
     let threads = match a[0].as_str() {
@@ -55,28 +59,36 @@ fn parse() -> Args {
         "split" => false,
         _ => usage(),
     };
+    let tx = match a[2].as_str() {
+        "tx" => true,
+        "rx" => false,
+        _ => usage(),
+    };
     let num = |s: &str| s.parse::<u64>().unwrap_or_else(|_| usage());
-    let batch = num(&a[3]) as usize;
+    let batch = num(&a[4]) as usize;
     if batch == 0 || batch > usize::from(QUEUE_SIZE) {
         usage()
     }
     Args {
         threads,
         packed,
-        bytes: num(&a[2]) as u32,
+        tx,
+        bytes: num(&a[3]) as u32,
         batch,
-        requests: num(&a[4]),
+        requests: num(&a[5]),
     }
 }
 
-/// One device pass: pops up to `batch` chains, writes `payload` into each, publishes them
-/// all with one `add_used_many`. Returns how many it served.
+/// One device pass: pops up to `batch` chains, copies each one's payload out (`tx`) or
+/// writes `payload` into it, publishes them all with one `add_used_many`. Returns how many
+/// it served.
 #[inline(never)]
 fn device_pass(
     q: &mut Queue,
     mem: &dyn HostMemory,
     chain: &mut DescriptorChain,
-    payload: &[u8],
+    payload: &mut [u8],
+    tx: bool,
     batch: usize,
     elems: &mut Vec<(u16, u32)>,
 ) -> usize {
@@ -87,9 +99,15 @@ fn device_pass(
             Ok(false) => break,
             Err(e) => panic!("device: {e}"),
         }
-        let mut w = chain.writer(mem);
-        w.write(payload).expect("payload write");
-        elems.push((chain.head(), w.written()));
+        if tx {
+            let n = chain.reader(mem).read(payload).expect("payload read");
+            debug_assert_eq!(n, payload.len());
+            elems.push((chain.head(), 0));
+        } else {
+            let mut w = chain.writer(mem);
+            w.write(payload).expect("payload write");
+            elems.push((chain.head(), w.written()));
+        }
     }
     if !elems.is_empty() {
         q.add_used_many(elems).expect("add_used_many");
@@ -102,6 +120,7 @@ struct Driver {
     q: HostQueue,
     bufs: Vec<u64>,
     bytes: u32,
+    tx: bool,
     next_buf: usize,
     posted: u64,
     completed: u64,
@@ -112,14 +131,14 @@ struct Driver {
 #[inline(never)]
 fn driver_pass(d: &mut Driver, batch: usize) {
     while let Some((_, len)) = d.q.get_used().expect("get_used") {
-        debug_assert_eq!(len, d.bytes);
+        debug_assert_eq!(len, if d.tx { 0 } else { d.bytes });
         d.completed += 1;
     }
     let mut n = 0;
     while n < batch && d.posted < d.target && d.q.num_free() > 0 {
         let buf = d.bufs[d.next_buf];
         d.next_buf = (d.next_buf + 1) % d.bufs.len();
-        d.q.add(&[(buf, d.bytes, true)]).expect("add");
+        d.q.add(&[(buf, d.bytes, !d.tx)]).expect("add");
         d.posted += 1;
         n += 1;
     }
@@ -145,7 +164,11 @@ fn main() {
         .collect();
     let ring_end = bufs[0];
     let counting = Arc::new(Counting::new(c.host_memory(), (cfg.desc_addr, ring_end)));
-    let mem: Arc<dyn HostMemory> = counting.clone();
+    let mem: Arc<dyn HostMemory> = if std::env::var_os("RING_BENCH_NO_COUNT").is_some() {
+        c.host_memory()
+    } else {
+        counting.clone()
+    };
     let mut q = if args.packed {
         Queue::new_packed(cfg, mem.clone(), false)
     } else {
@@ -154,11 +177,12 @@ fn main() {
     .expect("device queue");
     q.disable_notification().expect("disable_notification");
     let before = counting.tally();
-    let payload = vec![0x5au8; args.bytes as usize];
+    let mut payload = vec![0x5au8; args.bytes as usize];
     let mut driver = Driver {
         q: hq,
         bufs,
         bytes: args.bytes,
+        tx: args.tx,
         next_buf: 0,
         posted: 0,
         completed: 0,
@@ -166,6 +190,7 @@ fn main() {
     };
     let total = args.requests;
     let batch = args.batch;
+    let tx = args.tx;
     let start = Instant::now();
     if args.threads {
         let done = Arc::new(AtomicBool::new(false));
@@ -176,7 +201,15 @@ fn main() {
             let mut elems = Vec::with_capacity(batch);
             let mut served = 0u64;
             while served < total {
-                let n = device_pass(&mut q, &*dev_mem, &mut chain, &payload, batch, &mut elems);
+                let n = device_pass(
+                    &mut q,
+                    &*dev_mem,
+                    &mut chain,
+                    &mut payload,
+                    tx,
+                    batch,
+                    &mut elems,
+                );
                 if n == 0 {
                     if dev_done.load(Ordering::Relaxed) {
                         break;
@@ -197,17 +230,26 @@ fn main() {
         let mut elems = Vec::with_capacity(batch);
         while driver.completed < total {
             driver_pass(&mut driver, batch);
-            device_pass(&mut q, &*mem, &mut chain, &payload, batch, &mut elems);
+            device_pass(
+                &mut q,
+                &*mem,
+                &mut chain,
+                &mut payload,
+                tx,
+                batch,
+                &mut elems,
+            );
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let t = counting.tally();
     let per = |a: u64, b: u64| (a - b) as f64 / total as f64;
     println!(
-        "format={} bytes={} batch={} requests={} mode={} secs={:.3} mpps={:.3} \
+        "format={} dir={} bytes={} batch={} requests={} mode={} secs={:.3} mpps={:.3} \
          ring_reads={:.3} ring_read_bytes={:.1} ring_writes={:.3} ring_write_bytes={:.1} \
          data_reads={:.3} data_read_bytes={:.1} data_writes={:.3} data_write_bytes={:.1}",
         if args.packed { "packed" } else { "split" },
+        if args.tx { "tx" } else { "rx" },
         args.bytes,
         batch,
         total,

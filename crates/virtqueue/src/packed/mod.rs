@@ -32,7 +32,7 @@ use format::{
     EVENT_FLAGS_OFFSET, FLAGS_OFFSET, LEN_OFFSET, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
     RING_EVENT_FLAGS_ENABLE,
 };
-use prefetch::{Prefetch, PREFETCH};
+use prefetch::Prefetch;
 use std::sync::atomic::{fence, Ordering};
 
 /// Marks an id during [`PackedRing::add_used_many`]'s duplicate check (`in_flight` counts are
@@ -193,7 +193,7 @@ impl PackedRing {
     /// heads after it).
     fn fetch(&mut self, mem: &dyn HostMemory) -> Result<(), QueueError> {
         fence(Ordering::Acquire);
-        let n = PREFETCH.min(self.size - self.avail.pos);
+        let n = self.prefetch.want().min(self.size - self.avail.pos);
         let at = self.desc_addr(self.avail.pos);
         mem.read(at, self.prefetch.target(n))?;
         self.prefetch.filled(n, self.avail.wrap);

@@ -39,6 +39,10 @@ pub(crate) struct Prefetch {
     /// Descriptors after those, seen available (heads) in the read that filled `buf`: their
     /// contents need the next read.
     pub pending: u16,
+    /// How many were known available after the last block read: the next read is sized
+    /// from it, so a driver adding one request at a time is not answered with 32
+    /// descriptors' worth of bytes, and one adding bursts gets whole blocks.
+    hint: u16,
 }
 
 impl Prefetch {
@@ -49,7 +53,13 @@ impl Prefetch {
             off: 0,
             trusted: 0,
             pending: 0,
+            hint: PREFETCH,
         }
+    }
+
+    /// How many descriptors the next block read should take (before the ring-end limit).
+    pub fn want(&self) -> u16 {
+        (self.pending.max(self.hint) + self.hint.max(1)).min(PREFETCH)
     }
 
     /// Forgets everything.
@@ -110,6 +120,7 @@ impl Prefetch {
             }
         }
         self.pending = i - self.trusted;
+        self.hint = self.trusted + self.pending;
     }
 
     /// The trusted descriptor at the next available position, and the descriptors after it
