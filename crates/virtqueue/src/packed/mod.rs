@@ -200,8 +200,9 @@ impl PackedRing {
         Ok(())
     }
 
-    /// Pops the next available chain; see [`Queue::pop`](crate::Queue::pop). Returns the
-    /// number of ring descriptors it took.
+    /// Pops the next available chain; see [`Queue::pop`](crate::Queue::pop). Its contents
+    /// come from a block read made after its first descriptor was seen available (see the
+    /// `prefetch` module).
     pub fn pop(
         &mut self,
         mem: &dyn HostMemory,
