@@ -5,12 +5,12 @@
 #         driver (epf-loopback HostQueue) on the same rings in host RAM, both polling, no
 #         notifications; direction tx (the driver posts device-readable buffers, the device
 #         copies the payload out, like virtio-user -> vhost-user) unless RING_DIR=rx.
-#         Columns: Mpps with two threads (best of 3) and with one thread alternating driver
-#         and device passes; instructions per request of the device pass (callgrind,
-#         deterministic); the device's host-memory transactions and bytes per request (ring
-#         areas and payload apart), and a PCIe model: every read a 1 us round trip, writes
-#         posted (free), next to the minimum (one descriptor read and one used write per
-#         batch, plus the payload).
+#         Columns: Mpps with two threads pinned to CPUs 0 and 1 (best of 3) and with one
+#         thread alternating driver and device passes; instructions per request of the
+#         device pass (callgrind, deterministic); the device's host-memory transactions
+#         and bytes per request (ring areas and payload apart), and a PCIe model: every
+#         read a 1 us round trip, writes posted (free), next to the minimum (one
+#         descriptor read and one used write per batch, plus the payload).
 #   dpdk  DPDK testpmd (Debian's dpdk-dev, 22.11): vhost-user (rxonly) <-> virtio-user
 #         (txonly), one forwarding core each, split (packed_vq=0) and packed (packed_vq=1),
 #         64 and 1500 byte packets, burst 32: the vhost side's receive rate (median of its
@@ -18,10 +18,10 @@
 # The ratio column is ours (two threads) / DPDK for the same ring format and size.
 #
 # Usage: bench/ring.sh   (root: installs valgrind and dpdk-dev if missing)
-#   RING_REQUESTS=N (two-thread runs, default 2000000), RING_BATCHES="1 8 32"
+#   RING_REQUESTS=N (two-thread runs, default 10000000), RING_BATCHES="1 8 32"
 set -Eeuo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REQUESTS=${RING_REQUESTS:-2000000}
+REQUESTS=${RING_REQUESTS:-10000000}
 BATCHES=${RING_BATCHES:-"1 8 32"}
 DIR=${RING_DIR:-tx}
 CG_REQUESTS=20000

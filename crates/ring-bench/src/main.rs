@@ -6,7 +6,8 @@
 //! A device pass publishes its used entries with one `add_used_many`. Used by bench/ring.sh.
 //!
 //! Modes:
-//! * `ring-bench threads FORMAT DIR BYTES BATCH REQUESTS`: two threads; prints one line of
+//! * `ring-bench threads FORMAT DIR BYTES BATCH REQUESTS`: two threads, the driver pinned
+//!   to CPU 0 and the device to CPU 1 (as DPDK pins its forwarding lcores); prints one line of
 //!   `key=value` fields: Mpps, and the device's host-memory transactions and bytes per
 //!   request (ring areas and buffers apart).
 //! * `ring-bench single FORMAT DIR BYTES BATCH REQUESTS`: one thread alternating a driver pass
@@ -115,6 +116,21 @@ fn device_pass(
     elems.len()
 }
 
+/// Pins the calling thread to `cpu` (best effort: a machine with fewer CPUs, or a refused
+/// call, leaves it unpinned, and the run says so on stderr).
+fn pin(cpu: usize) {
+    // SAFETY: `cpu_set_t` is plain data for which all-zero is the empty set; CPU_SET and
+    // sched_setaffinity only read and write the set we own, for the calling thread (0).
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    };
+    if !ok {
+        eprintln!("ring-bench: could not pin a thread to CPU {cpu}; running unpinned");
+    }
+}
+
 /// Driver side state.
 struct Driver {
     q: HostQueue,
@@ -196,7 +212,9 @@ fn main() {
         let done = Arc::new(AtomicBool::new(false));
         let dev_done = done.clone();
         let dev_mem = mem.clone();
+        pin(0);
         let device = std::thread::spawn(move || {
+            pin(1);
             let mut chain = DescriptorChain::new();
             let mut elems = Vec::with_capacity(batch);
             let mut served = 0u64;
