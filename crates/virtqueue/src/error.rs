@@ -1,5 +1,7 @@
 //! Why a virtqueue operation failed. Every variant names one precise violation of the split
-//! ring rules (virtio 1.2 section 2.7) or one failed host-memory access, so that the device can
+//! ring rules (virtio 1.2 section 2.7), of the packed ring's (section 2.8; the `Packed*`,
+//! buffer-id and event variants, plus the shared chain rules), or one failed host-memory
+//! access, so that the device can
 //! log it before entering DEVICE_NEEDS_RESET.
 
 use crate::layout::{Ring, MAX_QUEUE_SIZE};

@@ -1,5 +1,7 @@
 //! Split-virtqueue memory layout (virtio 1.2 section 2.7): sizes, alignments and the address of
-//! every field of the three ring areas. Pure arithmetic; nothing here touches memory.
+//! every field of the three ring areas, plus the sizes of the packed ring's event suppression
+//! areas ([`Ring::DriverEvent`], [`Ring::DeviceEvent`]; the packed descriptor format is in
+//! [`crate::packed::format`]). Pure arithmetic; nothing here touches memory.
 //!
 //! All functions take a queue size that [`Queue::new`](crate::Queue::new) has validated
 //! (a power of two in `1..=MAX_QUEUE_SIZE`) and ring base addresses whose whole area was

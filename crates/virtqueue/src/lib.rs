@@ -28,7 +28,7 @@
 //! * [`QueueError`] (module `error`).
 //! * module `testing` (with `cfg(test)` or the `testing` feature): `TestMemory` and `DriverRing`.
 //!
-//! Robustness: every value read from host memory is untrusted. Nothing panics on host input,
+//! Robustness (both ring formats): every value read from host memory is untrusted. Nothing panics on host input,
 //! every loop is bounded by the queue size (or an indirect table's entry count, at most
 //! [`MAX_INDIRECT_ENTRIES`]), and no memory is accessed before its range was checked with
 //! [`HostMemory::check_range`](epf_epc::HostMemory::check_range).
