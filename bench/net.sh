@@ -20,10 +20,10 @@
 # virtio-epf relative to the QEMU configuration, oriented so that > 1.0 means virtio-epf is
 # better (throughputs: epf / qemu; latency: qemu / epf).
 #
-# With NET_BENCH_MODES (a list of legacy-poll, legacy-doorbell, windows) virtio-epf also runs in
-# those bare-endpoint modes (the options of the e2e suites' modes); their ratio columns are
-# relative to virtio-epf in the default mode (modern, trapped registers, doorbell): the cost of
-# each constraint.
+# With NET_BENCH_MODES (a list of legacy-poll, legacy-doorbell, windows, split) virtio-epf also
+# runs in those modes (the options of the e2e suites' modes; split: --rings split, the default
+# negotiating packed rings); their ratio columns are relative to virtio-epf in the default mode
+# (modern, trapped registers, doorbell, packed rings): the cost of each constraint.
 #
 # Usage: bench/net.sh            (root; 2 cores is enough, the guest is TCG like the tests)
 # Environment: NET_BENCH_SECONDS (per iperf3 run, default 5), NET_BENCH_ROUNDS (default 3),
@@ -117,6 +117,7 @@ run_config() {
 		epf-legacy-poll) mode=(--layout legacy --registers poll --notify poll) ;;
 		epf-legacy-doorbell) mode=(--layout legacy --registers trap --notify doorbell) ;;
 		epf-windows) mode=(--host-windows 4 --window-size 65536) ;;
+		epf-split) mode=(--rings split) ;;
 		*) echo "bench/net.sh: unknown configuration $name" >&2; exit 1 ;;
 		esac
 		EPF_WRAP=(ip netns exec "$NS")

@@ -13,9 +13,11 @@ cargo build --release --locked
 cargo test --locked --workspace
 # Unit tests in the release profile too (optimisations must not change what they prove).
 cargo test --locked --release --workspace --lib
-# The device suites again in each bare-endpoint mode (crates/virtio-epf/tests/support: Mode).
+# The device suites again in each bare-endpoint mode, and with split rings on the modern layout
+# (the default run negotiates packed rings; every suite checks the guest's feature bit 34)
+# (crates/virtio-epf/tests/support: Mode).
 # Polled registers keep a poller spinning per device, so those guests run one at a time.
-for mode in legacy-poll legacy-doorbell windows; do
+for mode in legacy-poll legacy-doorbell windows split; do
     threads=2
     [ "$mode" = legacy-poll ] && threads=1
     echo "== device suites with VIRTIO_EPF_E2E_MODE=$mode"

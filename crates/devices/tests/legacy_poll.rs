@@ -127,6 +127,7 @@ fn polled_registers_set_up_queues_and_an_unseen_notification_is_recovered() {
             registers: RegisterAccess::Poll,
             notify: NotifyMode::Poll,
             irq: IrqMode::Msix,
+            ..FunctionOptions::default()
         };
         let f = VirtioPciFunction::start_with(epc, device, options).unwrap();
         let bus = c.host();

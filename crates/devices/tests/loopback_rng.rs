@@ -4,6 +4,10 @@
 mod common;
 
 use common::*;
+
+/// Split rings unless a test says otherwise: several tests check split-ring indices
+/// (`used_idx`, `last_used_idx`); the packed variants below use `common::ALL_FEATURES`.
+const ALL_FEATURES: u64 = SPLIT_FEATURES;
 use epf_devices::RngDevice;
 use epf_loopback::host_driver::spec::*;
 use epf_loopback::host_driver::{HostQueue, VirtioPciDriver};
@@ -218,6 +222,7 @@ fn read_one_mib(features: u64, seed: u64) {
     let (drv, mut q) = rng_up(&rig, features, None);
     let negotiated = drv.negotiated_features();
     assert_eq!(q.event_idx(), negotiated & feature(VIRTIO_F_EVENT_IDX) != 0);
+    assert_eq!(q.is_packed(), features & RING_PACKED != 0);
     let mut host = RngHost::new(rig.bus(), 32, MAX_REQUEST);
     let mut rng = Prng::new(seed);
 
@@ -283,6 +288,16 @@ fn read_one_mib(features: u64, seed: u64) {
 #[test]
 fn rng_reads_a_mebibyte_with_event_idx_and_indirect() {
     bounded(LIMIT, || read_one_mib(ALL_FEATURES, 1));
+}
+
+#[test]
+fn rng_reads_a_mebibyte_with_packed_rings_event_idx_and_indirect() {
+    bounded(LIMIT, || read_one_mib(common::ALL_FEATURES, 11));
+}
+
+#[test]
+fn rng_reads_a_mebibyte_with_packed_rings_only() {
+    bounded(LIMIT, || read_one_mib(RING_PACKED, 12));
 }
 
 #[test]
@@ -377,6 +392,16 @@ fn suppression(features: u64) {
 #[test]
 fn rng_interrupt_suppression_with_event_idx() {
     bounded(LIMIT, || suppression(ALL_FEATURES));
+}
+
+#[test]
+fn rng_interrupt_suppression_packed_with_event_idx() {
+    bounded(LIMIT, || suppression(common::ALL_FEATURES));
+}
+
+#[test]
+fn rng_interrupt_suppression_packed_without_event_idx() {
+    bounded(LIMIT, || suppression(RING_PACKED));
 }
 
 #[test]

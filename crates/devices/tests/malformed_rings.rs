@@ -7,6 +7,10 @@
 mod common;
 
 use common::*;
+
+/// These tests write split-ring fields with the host driver's raw helpers (malformed packed
+/// rings are in packed_rings.rs).
+const ALL_FEATURES: u64 = SPLIT_FEATURES;
 use epf_devices::{ConsoleDevice, RngDevice};
 use epf_loopback::host_driver::spec::*;
 use epf_loopback::host_driver::{HostQueue, VirtioPciDriver};

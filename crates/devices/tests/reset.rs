@@ -111,9 +111,8 @@ fn reset_with_receive_buffers_outstanding() {
         let data = Prng::new(3).bytes(64 * 1024);
         ends.input.send(data[..16 * 1024].to_vec()).unwrap();
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            rx.used_idx().unwrap(),
-            0,
+        assert!(
+            !rx.has_used().unwrap(),
             "old receive buffer completed after the reset"
         );
         old_bufs.check(&bus, "receive buffers before renegotiation");

@@ -9,7 +9,7 @@ use clap::{ArgMatches, Args, FromArgMatches};
 use epf_device::{DeviceKind, VirtioDevice};
 use epf_epc::EndpointController;
 use epf_virtio_pci::{
-    FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess, VirtioPciFunction,
+    FunctionOptions, IrqMode, Layout, NotifyMode, RegisterAccess, RingFormat, VirtioPciFunction,
 };
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -166,6 +166,10 @@ pub struct EndpointArgs {
     /// Size (and alignment) of each outbound window, a power of two >= 4096.
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     pub window_size: u64,
+    /// Virtqueue format offered with the modern layout (packed: VIRTIO_F_RING_PACKED, which
+    /// the driver may still decline; the legacy layout always uses split rings).
+    #[arg(long, value_enum, default_value_t = RingFormat::Packed)]
+    pub rings: RingFormat,
 }
 
 impl EndpointArgs {
@@ -176,6 +180,7 @@ impl EndpointArgs {
             registers: self.registers,
             notify: self.notify.unwrap_or(NotifyMode::natural(self.registers)),
             irq: self.irq,
+            rings: self.rings,
         }
     }
 }
@@ -268,6 +273,7 @@ mod tests {
                 registers: RegisterAccess::Poll,
                 notify: NotifyMode::Poll,
                 irq: IrqMode::Msix,
+                rings: RingFormat::Packed,
             }
         );
         let e = parse(&["virtio-epf", "rng", "--vfio-user", "/x", "--irq", "msi-x"])

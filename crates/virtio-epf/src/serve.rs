@@ -100,7 +100,11 @@ fn run_epf(inv: &Invocation, name: &str, signals: Signals) -> Result<(), Error> 
     let epc = EpfController(ctl);
     let mut options = common.endpoint.function_options();
     let f = epc.features();
-    if !f.vendor_capabilities && !f.trapped_access && options == FunctionOptions::default() {
+    let defaults = FunctionOptions {
+        rings: options.rings,
+        ..FunctionOptions::default()
+    };
+    if !f.vendor_capabilities && !f.trapped_access && options == defaults {
         // What a controller without traps or vendor capabilities can serve.
         options = FunctionOptions {
             layout: Layout::Legacy,

@@ -22,6 +22,7 @@ if [ "$LEGACY" = 1 ]; then
 else
     check "VIRTIO_F_VERSION_1 negotiated" has_feature "$v" 32
 fi
+check_rings "$addr"
 check "MSI-X enabled" sh -c "lspci -vv -s $addr | grep -q 'MSI-X: Enable+'"
 "#;
 

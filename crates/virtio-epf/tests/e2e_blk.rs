@@ -96,6 +96,7 @@ ro=$(disk_by_serial EPF-RO-0002) || fail "no disk with serial EPF-RO-0002"
 echo "read-write disk $rw, read-only disk $ro"
 addr=$(pci_addr $ID_BLK) || fail "no blk function $ID_BLK"
 check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
+check_rings "$addr"
 check "size is the image's (128 MiB)" [ "$(cat /sys/block/$rw/size)" = 262144 ]
 check "writable" [ "$(cat /sys/block/$rw/ro)" = 0 ]
 check "volatile write cache (FLUSH)" grep -q "write back" /sys/block/$rw/queue/write_cache

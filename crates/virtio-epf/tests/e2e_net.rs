@@ -30,6 +30,7 @@ echo "net function at $addr"
 check "virtio-pci bound to $addr" [ "$(basename "$(readlink /sys/bus/pci/devices/$addr/driver)")" = virtio-pci ]
 v=$(virtio_dir "$addr"); [ -n "$v" ] || fail "no virtio device below $addr"
 echo "features $(cat "$v/features")"
+check_rings "$addr"
 find_if() {
     local i
     for i in $(seq 50); do

@@ -11,7 +11,7 @@ use crate::layout::{ModernLayout, Region, REGS_BAR};
 use crate::legacy_cfg::{self, LegacyRead, LegacyWrite};
 use crate::legacy_layout::{self, LegacyLayout};
 use crate::legacy_poll::{LegacyPollEngine, PollStats};
-use crate::options::{FunctionOptions, IrqMode, Layout, OptionsError, RegisterAccess};
+use crate::options::{FunctionOptions, IrqMode, Layout, OptionsError, RegisterAccess, RingFormat};
 use crate::pci_cfg_window::{PciCfgWindow, WindowAccess};
 use crate::poller::Poller;
 use crate::registers::Registers;
@@ -34,6 +34,10 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 /// Transport feature bits this function implements for every device.
 pub const TRANSPORT_FEATURES: u64 =
     (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
+
+/// VIRTIO_F_RING_PACKED, offered with the modern layout unless
+/// [`RingFormat::Split`](crate::RingFormat::Split) is chosen.
+pub const RING_PACKED_FEATURE: u64 = 1 << epf_virtqueue::packed::format::VIRTIO_F_RING_PACKED;
 
 /// Most queues a function has.
 const MAX_QUEUES: usize = 1024;
@@ -113,7 +117,10 @@ impl VirtioPciFunction {
         if let Some(hook) = device.config_write_hook() {
             config.set_write_hook(hook);
         }
-        let offered = device.device_features() | TRANSPORT_FEATURES;
+        let mut offered = device.device_features() | TRANSPORT_FEATURES;
+        if options.layout == Layout::Modern && options.rings == RingFormat::Packed {
+            offered |= RING_PACKED_FEATURE;
+        }
         let num_queues = sizes.len() as u16;
         let vectors = match options.irq {
             IrqMode::Msix => num_queues.saturating_add(1).min(features.irq.msix_vectors),

@@ -39,7 +39,9 @@ mod worker;
 
 pub use function::{FunctionError, VirtioPciFunction};
 pub use legacy_poll::PollStats;
-pub use options::{FunctionOptions, IrqMode, Layout, NotifyMode, OptionsError, RegisterAccess};
+pub use options::{
+    FunctionOptions, IrqMode, Layout, NotifyMode, OptionsError, RegisterAccess, RingFormat,
+};
 pub use stats::{FunctionStats, QueueStats};
 
 /// "No MSI-X vector" in queue_msix_vector / config_msix_vector.

@@ -64,6 +64,17 @@ pub enum IrqMode {
     Intx,
 }
 
+/// Which virtqueue format the function offers (modern layout only; the legacy layout has
+/// only split rings, as VIRTIO_F_RING_PACKED needs VIRTIO_F_VERSION_1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RingFormat {
+    /// Offer VIRTIO_F_RING_PACKED; the driver chooses (Linux takes it).
+    #[default]
+    Packed,
+    /// Offer split rings only.
+    Split,
+}
+
 /// All presentation options of a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FunctionOptions {
@@ -71,6 +82,7 @@ pub struct FunctionOptions {
     pub registers: RegisterAccess,
     pub notify: NotifyMode,
     pub irq: IrqMode,
+    pub rings: RingFormat,
 }
 
 /// Why a combination of options cannot be served (on this controller, or at all).
@@ -172,6 +184,7 @@ mod tests {
         assert_eq!(names::<RegisterAccess>(), ["trap", "poll"]);
         assert_eq!(names::<NotifyMode>(), ["doorbell", "poll"]);
         assert_eq!(names::<IrqMode>(), ["msix", "msi", "intx"]);
+        assert_eq!(names::<RingFormat>(), ["packed", "split"]);
     }
 
     #[test]
@@ -182,6 +195,7 @@ mod tests {
             registers: RegisterAccess::Poll,
             notify: NotifyMode::natural(RegisterAccess::Poll),
             irq: IrqMode::Msix,
+            rings: RingFormat::Split,
         };
         assert_eq!(polled.check(&f), Ok(()));
         for (o, e) in [

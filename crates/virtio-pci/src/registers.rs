@@ -406,10 +406,12 @@ impl Registers {
     }
 
     /// Sets the selected queue's size: a power of two no larger than the maximum (spec 2.7:
-    /// split queue sizes are powers of two). Other values are ignored.
+    /// split queue sizes are powers of two), or with VIRTIO_F_RING_PACKED negotiated any
+    /// non-zero value up to the maximum (spec 2.8). Other values are ignored.
     pub fn set_queue_size(&mut self, v: u16) {
+        let packed = self.driver_features & crate::function::RING_PACKED_FEATURE != 0;
         if let Some(q) = self.selected_configurable() {
-            if v.is_power_of_two() && v <= q.max_size {
+            if (v.is_power_of_two() || (packed && v != 0)) && v <= q.max_size {
                 q.size = v;
             }
         }

@@ -207,11 +207,16 @@ impl Worker {
         self.deactivate();
         let memory = self.shared.epc.host_memory();
         let event_idx = a.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        let packed = a.features & crate::function::RING_PACKED_FEATURE != 0;
         let mut queues = Vec::with_capacity(a.queues.len());
         for (i, cfg) in a.queues.iter().enumerate() {
             match cfg {
                 None => queues.push(None),
-                Some(cfg) => match Queue::new(*cfg, memory.clone(), event_idx) {
+                Some(cfg) => match if packed {
+                    Queue::new_packed(*cfg, memory.clone(), event_idx)
+                } else {
+                    Queue::new(*cfg, memory.clone(), event_idx)
+                } {
                     Ok(q) => queues.push(Some(q)),
                     Err(error) => {
                         self.needs_reset(a.epoch, &DeviceError::Queue { queue: i, error });

@@ -15,9 +15,11 @@ const LIMIT: Duration = Duration::from_secs(30);
 const WAIT: Duration = Duration::from_secs(5);
 const STATUS_ALL_OK: u8 =
     STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
-/// Features the transport offers for every device.
-const TRANSPORT: u64 =
-    feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_F_INDIRECT_DESC) | feature(VIRTIO_F_EVENT_IDX);
+/// Features the transport offers for every device (packed rings with the default options).
+const TRANSPORT: u64 = feature(VIRTIO_F_VERSION_1)
+    | feature(VIRTIO_F_INDIRECT_DESC)
+    | feature(VIRTIO_F_EVENT_IDX)
+    | feature(VIRTIO_F_RING_PACKED);
 const CONFIG_VECTOR: u16 = 0;
 
 /// MSI-X on, everything offered accepted, config vector 0, queue `i` on vector `i + 1`.
@@ -342,7 +344,8 @@ fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
         let rig = rig(dev);
         let mut drv = rig.driver();
         assert!(drv.enable_msix());
-        drv.init(u64::MAX).unwrap();
+        // Split rings: sizes are powers of two (packed rings: any size, see below).
+        drv.init(!feature(VIRTIO_F_RING_PACKED)).unwrap();
         drv.set_config_vector(CONFIG_VECTOR).unwrap();
         let max = TEST_QUEUE_MAX[0];
         let write_size = |v: u16| {
@@ -378,6 +381,48 @@ fn queue_size_can_be_lowered_but_not_raised_and_freezes_when_enabled() {
             fill_request(&rig, &mut q0, 1 + i * 7);
         }
         assert_eq!(q0.last_used_idx(), 40);
+        rig.finish();
+    });
+}
+
+#[test]
+fn packed_queue_sizes_need_not_be_powers_of_two() {
+    bounded(LIMIT, || {
+        let (dev, _) = TestDevice::boxed();
+        let rig = rig(dev);
+        let mut drv = rig.driver();
+        assert!(drv.enable_msix());
+        let features = drv.init(u64::MAX).unwrap();
+        assert_ne!(
+            features & feature(VIRTIO_F_RING_PACKED),
+            0,
+            "packed offered by default"
+        );
+        drv.set_config_vector(CONFIG_VECTOR).unwrap();
+        drv.common_write16(COMMON_QUEUE_SELECT, 0);
+        drv.common_write16(COMMON_QUEUE_SIZE, 0);
+        assert_eq!(
+            drv.common_read16(COMMON_QUEUE_SIZE),
+            TEST_QUEUE_MAX[0],
+            "zero"
+        );
+        // A ring of 13 through several wraps (chains of one descriptor, then of two).
+        let mut q0 = drv.setup_queue(0, Some(13), Some(1)).unwrap();
+        assert!(q0.is_packed());
+        assert_eq!(drv.queue_size(0), 13);
+        drv.driver_ok();
+        for i in 0..40 {
+            fill_request(&rig, &mut q0, 1 + i * 7);
+        }
+        let bus = rig.c.host();
+        for _ in 0..20 {
+            let a = bus.alloc(8, 8).unwrap();
+            let b = bus.alloc(8, 8).unwrap();
+            let head = q0.add(&[(a, 8, true), (b, 8, true)]).unwrap();
+            q0.notify();
+            assert_eq!(q0.wait_used_for(WAIT).unwrap(), (head, 16));
+        }
+        assert_eq!(q0.num_free(), 13);
         rig.finish();
     });
 }

@@ -95,6 +95,11 @@ impl DescriptorChain {
         self.descriptors = 0;
     }
 
+    /// Sets the head (the packed ring learns the buffer id at the end of the walk).
+    pub(crate) fn set_head(&mut self, head: u16) {
+        self.head = head;
+    }
+
     /// Counts one more descriptor.
     pub(crate) fn count_descriptor(&mut self) {
         self.descriptors += 1;

@@ -1,5 +1,7 @@
 //! Why a virtqueue operation failed. Every variant names one precise violation of the split
-//! ring rules (virtio 1.2 section 2.7) or one failed host-memory access, so that the device can
+//! ring rules (virtio 1.2 section 2.7), of the packed ring's (section 2.8; the `Packed*`,
+//! buffer-id and event variants, plus the shared chain rules), or one failed host-memory
+//! access, so that the device can
 //! log it before entering DEVICE_NEEDS_RESET.
 
 use crate::layout::{Ring, MAX_QUEUE_SIZE};
@@ -90,6 +92,47 @@ pub enum QueueError {
     /// chain has left. Nothing was transferred.
     #[error("chain has {available} bytes left, {needed} needed")]
     ChainTooShort { needed: u64, available: u64 },
+
+    /// Packed ring: a descriptor continuing a chain (after one with NEXT) is not available.
+    #[error(
+        "packed chain at ring position {pos}: descriptor {at} continues it but is not available"
+    )]
+    PackedChainUnavailable { pos: u16, at: u16 },
+
+    /// Packed ring: a chain has NEXT on every descriptor of the ring.
+    #[error("packed chain at ring position {pos}: no end within the ring of {size} descriptors")]
+    PackedChainTooLong { pos: u16, size: u16 },
+
+    /// Packed ring: more descriptors are available than the ring has room for next to the
+    /// ones the device still owns (the driver reused descriptors not yet used).
+    #[error("packed ring overrun: {in_flight} descriptors in flight plus a chain of {chain} exceed the ring of {size}")]
+    PackedRingOverrun {
+        in_flight: u32,
+        chain: u32,
+        size: u16,
+    },
+
+    /// Packed ring: a buffer ID is not below the queue size.
+    #[error("packed ring: buffer id {id} is outside the queue of size {size}")]
+    BufferIdOutOfRange { id: u16, size: u16 },
+
+    /// Packed ring: a buffer ID is already in flight (made available and not yet used).
+    #[error("packed ring: buffer id {id} is already in flight")]
+    BufferIdInUse { id: u16 },
+
+    /// Packed ring: [`Queue::add_used`](crate::Queue::add_used) named an id that is not in
+    /// flight.
+    #[error("packed ring: used id {id} is not in flight")]
+    UsedIdNotInFlight { id: u16 },
+
+    /// Packed ring: the driver event suppression flags are reserved (3), or DESC (2) without
+    /// VIRTIO_F_EVENT_IDX.
+    #[error("packed ring: invalid driver event suppression flags {flags}")]
+    BadEventFlags { flags: u16 },
+
+    /// Packed ring: the driver event suppression offset is not below the queue size.
+    #[error("packed ring: event offset {off} is outside the queue of size {size}")]
+    EventOffsetOutOfRange { off: u16, size: u16 },
 
     /// A host-memory access failed.
     #[error("host memory access failed: {0}")]

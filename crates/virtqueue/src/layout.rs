@@ -1,5 +1,7 @@
 //! Split-virtqueue memory layout (virtio 1.2 section 2.7): sizes, alignments and the address of
-//! every field of the three ring areas. Pure arithmetic; nothing here touches memory.
+//! every field of the three ring areas, plus the sizes of the packed ring's event suppression
+//! areas ([`Ring::DriverEvent`], [`Ring::DeviceEvent`]; the packed descriptor format is in
+//! [`crate::packed::format`]). Pure arithmetic; nothing here touches memory.
 //!
 //! All functions take a queue size that [`Queue::new`](crate::Queue::new) has validated
 //! (a power of two in `1..=MAX_QUEUE_SIZE`) and ring base addresses whose whole area was
@@ -23,7 +25,13 @@ pub const AVAIL_ALIGN: u64 = 2;
 /// Required alignment of the used (device) ring.
 pub const USED_ALIGN: u64 = 4;
 
-/// One of the three areas of a split virtqueue.
+/// Size of a packed ring's event suppression structure (`struct pvirtq_event_suppress`).
+pub const EVENT_SUPPRESS_SIZE: u64 = 4;
+/// Required alignment of a packed ring's event suppression structures.
+pub const EVENT_SUPPRESS_ALIGN: u64 = 4;
+
+/// One of the three areas of a split virtqueue, or of a packed one (whose descriptor ring
+/// is [`Ring::Descriptors`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ring {
     /// The descriptor table ("Descriptor Area").
@@ -32,6 +40,10 @@ pub enum Ring {
     Avail,
     /// The used ring ("Device Area").
     Used,
+    /// The packed ring's driver event suppression structure ("Driver Area").
+    DriverEvent,
+    /// The packed ring's device event suppression structure ("Device Area").
+    DeviceEvent,
 }
 
 impl fmt::Display for Ring {
@@ -40,6 +52,8 @@ impl fmt::Display for Ring {
             Ring::Descriptors => "descriptor table",
             Ring::Avail => "available ring",
             Ring::Used => "used ring",
+            Ring::DriverEvent => "driver event suppression area",
+            Ring::DeviceEvent => "device event suppression area",
         })
     }
 }
@@ -51,6 +65,7 @@ impl Ring {
             Ring::Descriptors => DESC_ALIGN,
             Ring::Avail => AVAIL_ALIGN,
             Ring::Used => USED_ALIGN,
+            Ring::DriverEvent | Ring::DeviceEvent => EVENT_SUPPRESS_ALIGN,
         }
     }
 
@@ -62,6 +77,7 @@ impl Ring {
             Ring::Descriptors => desc_table_size(size),
             Ring::Avail => avail_ring_size(size),
             Ring::Used => used_ring_size(size),
+            Ring::DriverEvent | Ring::DeviceEvent => EVENT_SUPPRESS_SIZE,
         }
     }
 }

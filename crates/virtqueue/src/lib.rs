@@ -1,5 +1,7 @@
-//! `epf-virtqueue`: the device side of the virtio split virtqueue (virtio 1.2 section 2.7),
-//! for a virtio-pci device implemented on a PCIe endpoint.
+//! `epf-virtqueue`: the device side of the virtio split virtqueue (virtio 1.2 section 2.7)
+//! and packed virtqueue (section 2.8, VIRTIO_F_RING_PACKED), for a virtio-pci device
+//! implemented on a PCIe endpoint. Devices see one API ([`Queue`], [`DescriptorChain`])
+//! whichever ring format the driver negotiated.
 //!
 //! The rings live in host memory and are reached only through [`epf_epc::HostMemory`], a
 //! copy-based interface (bounds-checked `read`/`write`, single-copy-atomic 16-bit accesses);
@@ -16,6 +18,8 @@
 //! Overview:
 //! * [`Queue`] (module `queue`): ring indices, [`Queue::pop`], [`Queue::add_used`],
 //!   notification suppression in both directions (flags or VIRTIO_F_EVENT_IDX).
+//! * [`packed`]: the packed ring behind [`Queue::new_packed`] (wrap counters, buffer ids,
+//!   event suppression structures) and its wire format ([`packed::format`]).
 //! * [`DescriptorChain`], [`ChainReader`], [`ChainWriter`] (module `chain`): a popped,
 //!   validated chain and cursors copying from / to its buffers.
 //! * module `walk`: the validation rules applied while walking a chain.
@@ -24,7 +28,7 @@
 //! * [`QueueError`] (module `error`).
 //! * module `testing` (with `cfg(test)` or the `testing` feature): `TestMemory` and `DriverRing`.
 //!
-//! Robustness: every value read from host memory is untrusted. Nothing panics on host input,
+//! Robustness (both ring formats): every value read from host memory is untrusted. Nothing panics on host input,
 //! every loop is bounded by the queue size (or an indirect table's entry count, at most
 //! [`MAX_INDIRECT_ENTRIES`]), and no memory is accessed before its range was checked with
 //! [`HostMemory::check_range`](epf_epc::HostMemory::check_range).
@@ -33,6 +37,7 @@ mod chain;
 mod descriptor;
 mod error;
 pub mod layout;
+pub mod packed;
 mod queue;
 mod walk;
 

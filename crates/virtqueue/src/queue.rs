@@ -1,8 +1,11 @@
-//! The device side of one split virtqueue: the ring indices it owns, popping available chains,
+//! The device side of one virtqueue: the ring indices it owns, popping available chains,
 //! publishing used elements, and both directions of notification suppression
-//! (VRING_AVAIL_F_NO_INTERRUPT / VRING_USED_F_NO_NOTIFY, or VIRTIO_F_EVENT_IDX).
+//! (VRING_AVAIL_F_NO_INTERRUPT / VRING_USED_F_NO_NOTIFY, or VIRTIO_F_EVENT_IDX). This module
+//! implements the split ring; a queue created with [`Queue::new_packed`] delegates every
+//! operation to the packed ring of [`crate::packed`], behind the same API.
 //!
-//! Memory ordering (virtio 1.2 section 2.7.13 and Linux's virtio_ring/vhost):
+//! Split ring memory ordering:
+//! (virtio 1.2 section 2.7.13 and Linux's virtio_ring/vhost):
 //! * `avail.idx` is read with a single-copy atomic `read_u16`, followed by an Acquire fence
 //!   before ring entries and descriptors are read;
 //! * a used element is written, then a Release fence, then `used.idx`;
@@ -10,6 +13,7 @@
 //!   writing `avail_event` / `used.flags` and re-reading `avail.idx`, a SeqCst fence.
 
 use crate::layout::{self, Ring};
+use crate::packed::PackedRing;
 use crate::walk::walk_chain;
 use crate::{DescriptorChain, QueueError};
 use epf_epc::{HostMemError, HostMemory};
@@ -22,7 +26,9 @@ pub const VRING_AVAIL_F_NO_INTERRUPT: u16 = virtio_ring::VRING_AVAIL_F_NO_INTERR
 /// `used.flags`: the device does not want notifications.
 pub const VRING_USED_F_NO_NOTIFY: u16 = virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
 
-/// Where the driver placed a queue's three areas, and its size.
+/// Where the driver placed a queue's three areas, and its size. For a packed ring,
+/// `desc_addr` is the descriptor ring, `avail_addr` the driver event suppression structure
+/// ("Driver Area") and `used_addr` the device event suppression structure ("Device Area").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct QueueConfig {
     pub size: u16,
@@ -46,8 +52,11 @@ pub struct QueueStats {
     pub interrupts_suggested: u64,
 }
 
-/// The device side of a split virtqueue.
+/// The device side of a split or packed virtqueue.
 pub struct Queue {
+    /// The packed ring's state when VIRTIO_F_RING_PACKED is in use (the split fields below
+    /// are then unused, except `cfg`, `mem`, `event_idx` and `stats`).
+    packed: Option<Box<PackedRing>>,
     cfg: QueueConfig,
     mem: Arc<dyn HostMemory>,
     event_idx: bool,
@@ -69,6 +78,7 @@ impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
             .field("cfg", &self.cfg)
+            .field("packed", &self.packed)
             .field("event_idx", &self.event_idx)
             .field("next_avail", &self.next_avail)
             .field("next_used", &self.next_used)
@@ -80,7 +90,12 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn check_ring(mem: &dyn HostMemory, ring: Ring, addr: u64, size: u16) -> Result<(), QueueError> {
+pub(crate) fn check_ring(
+    mem: &dyn HostMemory,
+    ring: Ring,
+    addr: u64,
+    size: u16,
+) -> Result<(), QueueError> {
     if addr % ring.align() != 0 {
         return Err(QueueError::Misaligned { ring, addr });
     }
@@ -113,6 +128,7 @@ impl Queue {
         check_ring(&*mem, Ring::Avail, cfg.avail_addr, cfg.size)?;
         check_ring(&*mem, Ring::Used, cfg.used_addr, cfg.size)?;
         Ok(Queue {
+            packed: None,
             cfg,
             mem,
             event_idx,
@@ -124,6 +140,43 @@ impl Queue {
             last_pop: None,
             stats: QueueStats::default(),
         })
+    }
+
+    /// A packed-ring queue (VIRTIO_F_RING_PACKED): validates `cfg` (size in `1..=32768`, not
+    /// necessarily a power of two; descriptor ring 16-byte aligned, event suppression
+    /// structures 4-byte aligned, all inside host memory) and creates the device-side state
+    /// at ring position 0 with both wrap counters set. Does not access ring memory.
+    pub fn new_packed(
+        cfg: QueueConfig,
+        mem: Arc<dyn HostMemory>,
+        event_idx: bool,
+    ) -> Result<Queue, QueueError> {
+        let packed = PackedRing::new(
+            &*mem,
+            cfg.size,
+            cfg.desc_addr,
+            cfg.avail_addr,
+            cfg.used_addr,
+            event_idx,
+        )?;
+        Ok(Queue {
+            packed: Some(Box::new(packed)),
+            cfg,
+            mem,
+            event_idx,
+            next_avail: 0,
+            next_used: 0,
+            avail_idx: 0,
+            used_flags: 0,
+            unsignalled: 0,
+            last_pop: None,
+            stats: QueueStats::default(),
+        })
+    }
+
+    /// Whether this is a packed ring.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// The queue size.
@@ -146,26 +199,44 @@ impl Queue {
         &self.mem
     }
 
-    /// Index (free running, mod 2^16) of the next available-ring entry to pop.
+    /// Index (free running, mod 2^16) of the next available-ring entry to pop. Packed ring:
+    /// the next ring position with the wrap counter in bit 15 (the `off_wrap` encoding).
     pub fn next_avail(&self) -> u16 {
-        self.next_avail
+        match &self.packed {
+            Some(p) => p.next_avail(),
+            None => self.next_avail,
+        }
     }
 
-    /// Index (free running, mod 2^16) of the next used-ring element to write.
+    /// Index (free running, mod 2^16) of the next used-ring element to write. Packed ring:
+    /// the next used position in the `off_wrap` encoding.
     pub fn next_used(&self) -> u16 {
-        self.next_used
+        match &self.packed {
+            Some(p) => p.next_used(),
+            None => self.next_used,
+        }
     }
 
     /// Sets the next available index (restoring saved state, or tests of 16-bit wrap-around).
-    /// Forgets what is known about `avail.idx`.
+    /// Forgets what is known about `avail.idx`. Packed ring: `off_wrap` encoding.
     pub fn set_next_avail(&mut self, idx: u16) {
+        if let Some(p) = &mut self.packed {
+            p.set_next_avail(idx);
+            self.last_pop = None;
+            return;
+        }
         self.next_avail = idx;
         self.avail_idx = idx;
         self.last_pop = None;
     }
 
     /// Sets the next used index. The caller keeps `used.idx` in memory consistent with it.
+    /// Packed ring: `off_wrap` encoding; forgets the buffers in flight.
     pub fn set_next_used(&mut self, idx: u16) {
+        if let Some(p) = &mut self.packed {
+            p.set_next_used(idx);
+            return;
+        }
         self.next_used = idx;
         self.unsignalled = 0;
     }
@@ -195,6 +266,9 @@ impl Queue {
     /// True if the available ring has entries not yet popped. Reads `avail.idx` only when
     /// everything seen so far was popped. Fails with [`QueueError::AvailIdxJump`] like `pop`.
     pub fn has_available(&mut self) -> Result<bool, QueueError> {
+        if let Some(p) = &mut self.packed {
+            return p.has_available(&*self.mem);
+        }
         if self.avail_idx == self.next_avail {
             self.refresh_avail_idx()?;
         }
@@ -206,17 +280,23 @@ impl Queue {
     /// the queue is broken and the caller puts the device into DEVICE_NEEDS_RESET (the queue's
     /// state is left unchanged, so popping again fails the same way).
     pub fn pop(&mut self, chain: &mut DescriptorChain) -> Result<bool, QueueError> {
-        if !self.has_available()? {
-            return Ok(false);
+        if let Some(p) = &mut self.packed {
+            if !p.pop(&*self.mem, chain)? {
+                return Ok(false);
+            }
+        } else {
+            if !self.has_available()? {
+                return Ok(false);
+            }
+            let size = self.cfg.size;
+            let head = self.mem.read_u16(layout::avail_entry_addr(
+                self.cfg.avail_addr,
+                size,
+                self.next_avail,
+            ))?;
+            walk_chain(&*self.mem, self.cfg.desc_addr, size, head, chain)?;
+            self.next_avail = self.next_avail.wrapping_add(1);
         }
-        let size = self.cfg.size;
-        let head = self.mem.read_u16(layout::avail_entry_addr(
-            self.cfg.avail_addr,
-            size,
-            self.next_avail,
-        ))?;
-        walk_chain(&*self.mem, self.cfg.desc_addr, size, head, chain)?;
-        self.next_avail = self.next_avail.wrapping_add(1);
         let descs = chain.descriptor_count();
         let bytes = chain.readable_len() + chain.writable_len();
         self.last_pop = Some((descs, bytes));
@@ -235,7 +315,12 @@ impl Queue {
             log::warn!("virtqueue: undo_pop without a preceding pop");
             return;
         };
-        self.next_avail = self.next_avail.wrapping_sub(1);
+        match &mut self.packed {
+            Some(p) => {
+                p.undo_pop();
+            }
+            None => self.next_avail = self.next_avail.wrapping_sub(1),
+        }
         self.stats.chains_popped -= 1;
         self.stats.descriptors -= u64::from(descs);
         self.stats.bytes -= bytes;
@@ -243,7 +328,17 @@ impl Queue {
 
     /// Writes the used element `{ id: head, len }` and publishes it by storing the new
     /// `used.idx` (after a Release fence).
+    ///
+    /// Packed ring: writes the used descriptor `{ id: head, len }` at the next used position,
+    /// then its flags, and advances by the number of ring descriptors the buffer took;
+    /// `head` must be in flight ([`QueueError::UsedIdNotInFlight`] otherwise).
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
+        if let Some(p) = &mut self.packed {
+            p.add_used(&*self.mem, head, len)?;
+            self.last_pop = None;
+            self.stats.used_added += 1;
+            return Ok(());
+        }
         let size = self.cfg.size;
         if head >= size {
             return Err(QueueError::UsedIdOutOfRange { id: head, size });
@@ -272,7 +367,18 @@ impl Queue {
     /// missing (vhost's `vhost_add_used_n`, QEMU's `virtqueue_fill` + `virtqueue_flush`).
     /// Every id is checked before anything is written; more elements than the queue size is
     /// refused the same way (the ring cannot hold them).
+    ///
+    /// Packed ring: every id must be in flight and appear once; all descriptors but the first
+    /// are written whole, then the first one's flags publish them all.
     pub fn add_used_many(&mut self, elems: &[(u16, u32)]) -> Result<(), QueueError> {
+        if let Some(p) = &mut self.packed {
+            p.add_used_many(&*self.mem, elems)?;
+            if !elems.is_empty() {
+                self.last_pop = None;
+            }
+            self.stats.used_added += elems.len() as u64;
+            return Ok(());
+        }
         let size = self.cfg.size;
         if let Some(&(id, _)) = elems.iter().find(|&&(h, _)| h >= size) {
             return Err(QueueError::UsedIdOutOfRange { id, size });
@@ -310,7 +416,17 @@ impl Queue {
     /// elements (`vring_need_event(used_event, next_used, next_used - added)`); otherwise:
     /// whether `avail.flags` lacks VRING_AVAIL_F_NO_INTERRUPT. Returns false, without
     /// accessing memory, if nothing was added.
+    ///
+    /// Packed ring: the driver event suppression structure decides (ENABLE, DISABLE, or DESC
+    /// with VIRTIO_F_EVENT_IDX: whether the used position passed its `off_wrap`).
     pub fn needs_interrupt(&mut self) -> Result<bool, QueueError> {
+        if let Some(p) = &mut self.packed {
+            let need = p.needs_interrupt(&*self.mem)?;
+            if need {
+                self.stats.interrupts_suggested += 1;
+            }
+            return Ok(need);
+        }
         if self.unsignalled == 0 {
             return Ok(false);
         }
@@ -353,7 +469,13 @@ impl Queue {
     /// VRING_USED_F_NO_NOTIFY, with EVENT_IDX writes `avail_event = next_avail`. Returns
     /// `Ok(true)` if buffers are available (possibly made available before the driver saw the
     /// change, so it may not notify for them): the caller must process the queue again.
+    ///
+    /// Packed ring: device event suppression flags ENABLE, or with EVENT_IDX `off_wrap` = the
+    /// next available position and flags DESC.
     pub fn enable_notification(&mut self) -> Result<bool, QueueError> {
+        if let Some(p) = &mut self.packed {
+            return p.enable_notification(&*self.mem);
+        }
         if self.event_idx {
             self.mem.write_u16(
                 layout::avail_event_addr(self.cfg.used_addr, self.cfg.size),
@@ -371,7 +493,12 @@ impl Queue {
     /// Asks the driver not to notify: sets VRING_USED_F_NO_NOTIFY without EVENT_IDX; a no-op
     /// with EVENT_IDX (the driver only notifies when passing `avail_event`, which is not
     /// advanced until the next [`enable_notification`](Queue::enable_notification)).
+    ///
+    /// Packed ring: device event suppression flags DISABLE (a no-op with EVENT_IDX, likewise).
     pub fn disable_notification(&mut self) -> Result<(), QueueError> {
+        if let Some(p) = &mut self.packed {
+            return p.disable_notification(&*self.mem);
+        }
         if self.event_idx {
             return Ok(());
         }

@@ -47,13 +47,13 @@ const BLOCK: u32 = 8;
 
 /// A descriptor table whose whole range is known to be inside host memory.
 #[derive(Clone, Copy)]
-struct Table {
-    base: u64,
-    entries: u32,
+pub(crate) struct Table {
+    pub(crate) base: u64,
+    pub(crate) entries: u32,
 }
 
 /// A cache of one aligned block of a table's descriptors.
-struct BlockCache {
+pub(crate) struct BlockCache {
     /// Index of the first cached entry, or `u32::MAX` when empty.
     first: u32,
     count: u32,
@@ -61,7 +61,7 @@ struct BlockCache {
 }
 
 impl BlockCache {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         BlockCache {
             first: u32::MAX,
             count: 0,
@@ -69,18 +69,29 @@ impl BlockCache {
         }
     }
 
-    fn invalidate(&mut self) {
+    pub(crate) fn invalidate(&mut self) {
         self.first = u32::MAX;
         self.count = 0;
     }
 
-    /// Descriptor `idx` (`< table.entries`) of `table`.
+    /// Descriptor `idx` (`< table.entries`) of `table`, in the split format.
     fn get(
         &mut self,
         mem: &dyn HostMemory,
         table: Table,
         idx: u32,
     ) -> Result<Descriptor, QueueError> {
+        self.get_raw(mem, table, idx)
+            .map(|raw| Descriptor::from_bytes(&raw))
+    }
+
+    /// The 16 wire bytes of descriptor `idx` (`< table.entries`) of `table`.
+    pub(crate) fn get_raw(
+        &mut self,
+        mem: &dyn HostMemory,
+        table: Table,
+        idx: u32,
+    ) -> Result<[u8; DESC_SIZE as usize], QueueError> {
         debug_assert!(idx < table.entries);
         if idx < self.first || idx - self.first >= self.count {
             let first = idx - idx % BLOCK;
@@ -97,12 +108,12 @@ impl BlockCache {
         let off = ((idx - self.first) as usize) * DESC_SIZE as usize;
         let mut raw = [0; DESC_SIZE as usize];
         raw.copy_from_slice(&self.buf[off..off + DESC_SIZE as usize]);
-        Ok(Descriptor::from_bytes(&raw))
+        Ok(raw)
     }
 }
 
-/// Running state of one walk.
-struct Walk<'a> {
+/// Running state of one walk (shared with the packed ring's walk).
+pub(crate) struct Walk<'a> {
     mem: &'a dyn HostMemory,
     head: u16,
     seen_writable: bool,
@@ -112,16 +123,36 @@ struct Walk<'a> {
 
 /// Whether a `check_range` failure means "not in host memory" (as opposed to a transient
 /// failure such as no free outbound window, reported as [`QueueError::Memory`]).
-fn is_range_error(e: &HostMemError) -> bool {
+pub(crate) fn is_range_error(e: &HostMemError) -> bool {
     matches!(
         e,
         HostMemError::OutOfRange { .. } | HostMemError::Overflow { .. }
     )
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    /// A walk of the chain `head` names in errors.
+    pub(crate) fn new(mem: &'a dyn HostMemory, head: u16) -> Walk<'a> {
+        Walk {
+            mem,
+            head,
+            seen_writable: false,
+            total_len: 0,
+            data_descriptors: 0,
+        }
+    }
+
+    /// The chain's name in errors.
+    pub(crate) fn head(&self) -> u16 {
+        self.head
+    }
+
     /// Validates one data (non-indirect) descriptor and records it.
-    fn data(&mut self, d: &Descriptor, chain: &mut DescriptorChain) -> Result<(), QueueError> {
+    pub(crate) fn data(
+        &mut self,
+        d: &Descriptor,
+        chain: &mut DescriptorChain,
+    ) -> Result<(), QueueError> {
         let head = self.head;
         self.data_descriptors += 1;
         if self.data_descriptors > MAX_CHAIN_DESCRIPTORS {
@@ -165,13 +196,10 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Validates the indirect table `d` points to and walks it.
-    fn indirect(
-        &mut self,
-        d: &Descriptor,
-        cache: &mut BlockCache,
-        chain: &mut DescriptorChain,
-    ) -> Result<(), QueueError> {
+    /// Validates the descriptor `d` pointing to an indirect table (no NEXT, length a
+    /// non-zero multiple of 16 of at most [`MAX_INDIRECT_ENTRIES`] entries, inside host
+    /// memory) and returns the table.
+    pub(crate) fn indirect_table(&self, d: &Descriptor) -> Result<Table, QueueError> {
         let head = self.head;
         if d.has_next() {
             return Err(QueueError::IndirectWithNext { head });
@@ -196,10 +224,22 @@ impl Walk<'_> {
             Err(e) if is_range_error(&e) => return Err(out_of_range),
             Err(e) => return Err(e.into()),
         }
-        let table = Table {
+        Ok(Table {
             base: d.addr,
             entries,
-        };
+        })
+    }
+
+    /// Validates the indirect table `d` points to and walks it.
+    fn indirect(
+        &mut self,
+        d: &Descriptor,
+        cache: &mut BlockCache,
+        chain: &mut DescriptorChain,
+    ) -> Result<(), QueueError> {
+        let head = self.head;
+        let table = self.indirect_table(d)?;
+        let entries = table.entries;
         cache.invalidate();
         let mut idx = 0u32;
         let mut visited = 0u32;
@@ -248,13 +288,7 @@ pub(crate) fn walk_chain(
         entries: u32::from(size),
     };
     let mut cache = BlockCache::new();
-    let mut walk = Walk {
-        mem,
-        head,
-        seen_writable: false,
-        total_len: 0,
-        data_descriptors: 0,
-    };
+    let mut walk = Walk::new(mem, head);
     let mut idx = head;
     let mut visited = 0u32;
     loop {

@@ -22,6 +22,11 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub const CONFIG_VECTOR: u16 = 0;
 pub const NEEDS_RESET: u8 = STATUS_DEVICE_NEEDS_RESET;
 pub const ALL_FEATURES: u64 = u64::MAX;
+/// VIRTIO_F_RING_PACKED (offered by default on the modern layout).
+pub const RING_PACKED: u64 = 1 << 34;
+/// Everything offered but packed rings: for tests that write or inspect split-ring fields
+/// with the host driver's raw helpers.
+pub const SPLIT_FEATURES: u64 = ALL_FEATURES & !RING_PACKED;
 pub const NO_RING_FEATURES: u64 = 0;
 
 /// The devices' rig: the function on a loopback host with 64 MiB of RAM (room for the

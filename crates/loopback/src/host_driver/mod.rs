@@ -1,7 +1,7 @@
 //! A host-side virtio-pci **modern** driver, written from the virtio 1.2 specification
 //! (section 4.1) and mirroring the register sequences of Linux's
-//! `drivers/virtio/virtio_pci_modern_dev.c`, `virtio_pci_modern.c` and the split ring of
-//! `virtio_ring.c`. It reaches the device only through [`HostBus`](crate::HostBus) —
+//! `drivers/virtio/virtio_pci_modern_dev.c`, `virtio_pci_modern.c` and the split and packed
+//! rings of `virtio_ring.c`. It reaches the device only through [`HostBus`](crate::HostBus) —
 //! configuration space, BAR accesses and host RAM — exactly like a real host, so it can
 //! exercise a device implementation end to end. It shares no code or constants with the
 //! device side on purpose.
@@ -20,6 +20,7 @@
 
 mod caps;
 mod error;
+mod packed;
 mod queue;
 pub mod spec;
 mod transport;

@@ -1,5 +1,6 @@
-//! [`HostQueue`]: the driver side of a split virtqueue in host RAM, following virtio 1.2
-//! section 2.7 and Linux's `virtio_ring.c` (split ring): a shadow free list (never trusting
+//! [`HostQueue`]: the driver side of a virtqueue in host RAM. With VIRTIO_F_RING_PACKED
+//! negotiated it is a packed ring (module `packed`); otherwise a split ring, following
+//! virtio 1.2 section 2.7 and Linux's `virtio_ring.c` (split ring): a shadow free list (never trusting
 //! device-writable memory for it), descriptors published before the available index with a
 //! write barrier, `virtqueue_kick_prepare` semantics for notification suppression
 //! (`avail_event` with VIRTIO_F_EVENT_IDX, `VIRTQ_USED_F_NO_NOTIFY` without), used-ring
@@ -7,9 +8,12 @@
 //!
 //! Raw helpers (`write_raw_desc`, `push_avail_raw`, ...) write arbitrary, possibly malformed
 //! ring contents for adversarial device tests; they bypass the bookkeeping, so a queue used
-//! that way should be consumed with [`HostQueue::get_used_raw`].
+//! that way should be consumed with [`HostQueue::get_used_raw`]. They are split-ring only
+//! (on a packed queue they fail with `FeatureNotNegotiated`); packed rings have their own
+//! (`write_packed_desc_raw`).
 
 use super::error::{DriverError, Result};
+use super::packed::PackedState;
 use super::spec::*;
 use crate::HostBus;
 use std::sync::atomic::{fence, Ordering};
@@ -35,7 +39,25 @@ pub(crate) struct QueueParams {
     pub msix_vector: Option<u16>,
     pub event_idx: bool,
     pub indirect: bool,
+    pub packed: bool,
     pub timeout: Duration,
+}
+
+/// Allocates a queue's rings in host RAM: `(descriptors, driver area, device area)`. Split:
+/// one block like Linux's `vring_size(num, SMP_CACHE_BYTES)` (descriptor table, available
+/// ring, used ring at the next 64-byte boundary). Packed: the descriptor ring, then the
+/// driver and device event suppression structures.
+pub(crate) fn alloc_rings(bus: &HostBus, size: u16, packed: bool) -> Result<(u64, u64, u64)> {
+    if packed {
+        let ring = desc_table_size(size);
+        let desc = bus.alloc(ring + 2 * EVENT_SUPPRESS_SIZE, 4096)?;
+        return Ok((desc, desc + ring, desc + ring + EVENT_SUPPRESS_SIZE));
+    }
+    let avail_off = desc_table_size(size);
+    let used_off = (avail_off + avail_ring_size(size)).next_multiple_of(VRING_USED_ALIGN);
+    let total = used_off + used_ring_size(size);
+    let desc = bus.alloc(total, 4096)?;
+    Ok((desc, desc + avail_off, desc + used_off))
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -44,32 +66,35 @@ struct Chain {
     ndesc: u16,
 }
 
-/// The driver side of one split virtqueue.
+/// The driver side of one virtqueue (split, or packed when negotiated). For a packed ring
+/// the "avail" and "used" addresses are the driver and device event suppression structures.
 #[derive(Debug)]
 pub struct HostQueue {
-    bus: HostBus,
+    pub(super) bus: HostBus,
     index: u16,
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    pub(super) size: u16,
+    pub(super) desc: u64,
+    pub(super) avail: u64,
+    pub(super) used: u64,
     notify_bar: u8,
     notify_offset: u64,
     msix_vector: Option<u16>,
-    event_idx: bool,
+    pub(super) event_idx: bool,
     indirect: bool,
     timeout: Duration,
     /// Shadow of each descriptor's `next` (the free list and chain links).
     next: Vec<u16>,
     chains: Vec<Option<Chain>>,
     free_head: u16,
-    num_free: u16,
+    pub(super) num_free: u16,
     avail_idx_shadow: u16,
     avail_flags_shadow: u16,
     last_used_idx: u16,
-    num_added: u16,
+    pub(super) num_added: u16,
     indirect_pool: Option<u64>,
     broken: bool,
+    /// The packed ring's state, when VIRTIO_F_RING_PACKED was negotiated.
+    pub(super) packed: Option<PackedState>,
 }
 
 impl HostQueue {
@@ -98,12 +123,55 @@ impl HostQueue {
             num_added: 0,
             indirect_pool: None,
             broken: false,
+            packed: p.packed.then(|| PackedState::new(p.size)),
         };
+        if q.packed.is_some() {
+            // Driver event suppression: interrupts enabled, offset 0.
+            q.bus
+                .ram_write(q.avail, &[0; EVENT_SUPPRESS_SIZE as usize])?;
+            return Ok(q);
+        }
         // Rings come zeroed from the allocator; make the initial state explicit anyway.
         q.bus.ram_write_u16(q.avail + AVAIL_FLAGS, 0)?;
         q.bus.ram_write_u16(q.avail + AVAIL_IDX, 0)?;
         q.bus.ram_write_u16(q.used_event_addr(), 0)?;
         Ok(q)
+    }
+
+    /// A queue of `size` (a power of two for split rings) with fresh rings in `bus`'s RAM,
+    /// attached to no device: no notification address (never call
+    /// [`notify`](Self::notify) / [`kick`](Self::kick)) and no vector. For benchmarks that
+    /// run the device side of the same rings in-process and poll both sides.
+    pub fn standalone(
+        bus: HostBus,
+        size: u16,
+        packed: bool,
+        event_idx: bool,
+        indirect: bool,
+    ) -> Result<Self> {
+        if size == 0 || size > VIRTQ_MAX_SIZE || (!packed && !size.is_power_of_two()) {
+            return Err(DriverError::BadQueueSize {
+                index: 0,
+                size,
+                max: VIRTQ_MAX_SIZE,
+            });
+        }
+        let (desc, avail, used) = alloc_rings(&bus, size, packed)?;
+        HostQueue::new(QueueParams {
+            bus,
+            index: 0,
+            size,
+            desc,
+            avail,
+            used,
+            notify_bar: u8::MAX,
+            notify_offset: 0,
+            msix_vector: None,
+            event_idx,
+            indirect,
+            packed,
+            timeout: Duration::from_secs(10),
+        })
     }
 
     // ---- Layout and state accessors -----------------------------------------------------
@@ -141,6 +209,11 @@ impl HostQueue {
     /// The MSI-X vector assigned at setup, if any.
     pub fn msix_vector(&self) -> Option<u16> {
         self.msix_vector
+    }
+
+    /// Whether this is a packed ring (VIRTIO_F_RING_PACKED negotiated).
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
     }
 
     /// Whether VIRTIO_F_EVENT_IDX was negotiated.
@@ -193,6 +266,17 @@ impl HostQueue {
         self.used + USED_RING + USED_ELEM_SIZE * u64::from(slot % self.size)
     }
 
+    /// Fails for the split-only raw helpers on a packed queue.
+    fn check_split(&self) -> Result<()> {
+        if self.packed.is_some() {
+            Err(DriverError::FeatureNotNegotiated(
+                "split ring (this queue is packed)",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
     fn check_usable(&self) -> Result<()> {
         if self.broken {
             Err(DriverError::Broken)
@@ -218,6 +302,9 @@ impl HostQueue {
         self.check_usable()?;
         if bufs.is_empty() {
             return Err(DriverError::EmptyChain);
+        }
+        if self.packed.is_some() {
+            return self.packed_add(bufs, None);
         }
         if bufs.len() > self.num_free as usize {
             return Err(DriverError::QueueFull {
@@ -257,7 +344,14 @@ impl HostQueue {
         if self.num_free == 0 {
             return Err(DriverError::QueueFull { needed: 1, free: 0 });
         }
-        let head = self.free_head;
+        // Packed: the table slot goes with the buffer id the packed ring will take.
+        let head = match &self.packed {
+            Some(p) => *p
+                .free_ids
+                .last()
+                .ok_or(DriverError::QueueFull { needed: 1, free: 0 })?,
+            None => self.free_head,
+        };
         let slot_bytes = INDIRECT_SLOT_DESCS as u64 * DESC_SIZE;
         let table = if bufs.len() <= INDIRECT_SLOT_DESCS {
             let pool = match self.indirect_pool {
@@ -272,12 +366,18 @@ impl HostQueue {
         } else {
             self.bus.alloc(bufs.len() as u64 * DESC_SIZE, 16)?
         };
+        let packed = self.packed.is_some();
         for (k, &(addr, len, writable)) in bufs.iter().enumerate() {
             let mut flags = if writable { VIRTQ_DESC_F_WRITE } else { 0 };
+            let at = table + k as u64 * DESC_SIZE;
+            if packed {
+                // Packed tables: entries in order, only WRITE is meaningful, id unused.
+                self.write_desc(at, addr, len, 0, flags)?;
+                continue;
+            }
             if k + 1 < bufs.len() {
                 flags |= VIRTQ_DESC_F_NEXT;
             }
-            let at = table + k as u64 * DESC_SIZE;
             self.write_desc(at, addr, len, flags, (k + 1) as u16)?;
         }
         let table_len =
@@ -285,6 +385,9 @@ impl HostQueue {
                 needed: bufs.len(),
                 free: self.num_free,
             })?;
+        if packed {
+            return self.packed_add(&[], Some((table, table_len)));
+        }
         self.write_desc(
             self.desc_entry(head),
             table,
@@ -321,6 +424,9 @@ impl HostQueue {
     /// `virtqueue_kick_prepare`: whether the device wants a notification for what was added
     /// since the last call.
     pub fn kick_prepare(&mut self) -> Result<bool> {
+        if self.packed.is_some() {
+            return self.packed_kick_prepare();
+        }
         // virtio_mb: expose the available entries before reading the event index/flags.
         fence(Ordering::SeqCst);
         let new = self.avail_idx_shadow;
@@ -353,17 +459,21 @@ impl HostQueue {
 
     // ---- Used buffers ---------------------------------------------------------------------
 
-    /// The device's used index.
+    /// The device's used index (split rings).
     pub fn used_idx(&self) -> Result<u16> {
+        self.check_split()?;
         Ok(self.bus.ram_read_u16(self.used + USED_IDX)?)
     }
 
     /// Whether the used ring has entries not yet consumed.
     pub fn has_used(&self) -> Result<bool> {
+        if self.packed.is_some() {
+            return self.packed_has_used();
+        }
         Ok(self.used_idx()? != self.last_used_idx)
     }
 
-    fn bad_ring(&mut self, msg: String) -> DriverError {
+    pub(super) fn bad_ring(&mut self, msg: String) -> DriverError {
         log::warn!("host driver: queue {}: bad ring: {msg}", self.index);
         self.broken = true;
         DriverError::BadRing(msg)
@@ -373,6 +483,9 @@ impl HostQueue {
     /// An impossible used entry breaks the queue (like Linux's `BAD_RING`).
     pub fn get_used(&mut self) -> Result<Option<(u16, u32)>> {
         self.check_usable()?;
+        if self.packed.is_some() {
+            return self.packed_get_used();
+        }
         let used_idx = self.used_idx()?;
         if used_idx == self.last_used_idx {
             return Ok(None);
@@ -468,6 +581,9 @@ impl HostQueue {
     /// `virtqueue_disable_cb`: asks the device not to interrupt (avail flags without
     /// EVENT_IDX; Linux's `used_event = 0` with it).
     pub fn disable_cb(&mut self) -> Result<()> {
+        if self.packed.is_some() {
+            return self.packed_disable_cb();
+        }
         if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT == 0 {
             self.avail_flags_shadow |= VIRTQ_AVAIL_F_NO_INTERRUPT;
             if self.event_idx {
@@ -483,6 +599,9 @@ impl HostQueue {
     /// `virtqueue_enable_cb`: re-enables interrupts; returns false if used buffers are
     /// already pending (the caller should process them instead of waiting).
     pub fn enable_cb(&mut self) -> Result<bool> {
+        if self.packed.is_some() {
+            return self.packed_enable_cb();
+        }
         if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT != 0 {
             self.avail_flags_shadow &= !VIRTQ_AVAIL_F_NO_INTERRUPT;
             if !self.event_idx {
@@ -500,6 +619,7 @@ impl HostQueue {
 
     /// Writes descriptor `i` of the table verbatim (any flags/next/addr/len).
     pub fn write_raw_desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
+        self.check_split()?;
         if i >= self.size {
             return Err(DriverError::BadQueueSize {
                 index: self.index,
@@ -530,17 +650,20 @@ impl HostQueue {
     /// Publishes `head` (any value) in the next available slot, with the usual barrier,
     /// without touching the free list.
     pub fn push_avail_raw(&mut self, head: u16) -> Result<()> {
+        self.check_split()?;
         self.publish(head)
     }
 
     /// Writes available ring slot `slot` (mod size) verbatim, without publishing.
     pub fn set_avail_ring_raw(&self, slot: u16, head: u16) -> Result<()> {
+        self.check_split()?;
         Ok(self.bus.ram_write_u16(self.avail_slot(slot), head)?)
     }
 
     /// Sets the available index to `idx` (also the driver's copy), e.g. far ahead of the
     /// entries actually written.
     pub fn set_avail_idx_raw(&mut self, idx: u16) -> Result<()> {
+        self.check_split()?;
         fence(Ordering::Release);
         self.avail_idx_shadow = idx;
         Ok(self.bus.ram_write_u16(self.avail + AVAIL_IDX, idx)?)
@@ -548,12 +671,14 @@ impl HostQueue {
 
     /// Writes the available ring's flags verbatim.
     pub fn set_avail_flags_raw(&mut self, flags: u16) -> Result<()> {
+        self.check_split()?;
         self.avail_flags_shadow = flags;
         Ok(self.bus.ram_write_u16(self.avail + AVAIL_FLAGS, flags)?)
     }
 
     /// Writes `used_event` verbatim.
     pub fn set_used_event_raw(&self, v: u16) -> Result<()> {
+        self.check_split()?;
         Ok(self.bus.ram_write_u16(self.used_event_addr(), v)?)
     }
 

@@ -149,6 +149,23 @@ pub const fn used_ring_size(size: u16) -> u64 {
     2 * 3 + USED_ELEM_SIZE * size as u64
 }
 
+// ---- Packed virtqueue (spec 2.8) ---------------------------------------------------------------
+
+/// `struct pvirtq_desc`: addr u64, len u32, id u16, flags u16.
+pub const PACKED_DESC_LEN: u64 = 8;
+pub const PACKED_DESC_ID: u64 = 12;
+pub const PACKED_DESC_FLAGS: u64 = 14;
+/// Driver's available bit / used bit of a packed descriptor's flags.
+pub const VIRTQ_DESC_F_AVAIL: u16 = 1 << 7;
+pub const VIRTQ_DESC_F_USED: u16 = 1 << 15;
+/// `struct pvirtq_event_suppress`: off_wrap u16 (offset, wrap counter in bit 15), flags u16.
+pub const EVENT_OFF_WRAP: u64 = 0;
+pub const EVENT_FLAGS: u64 = 2;
+pub const EVENT_SUPPRESS_SIZE: u64 = 4;
+pub const RING_EVENT_FLAGS_ENABLE: u16 = 0;
+pub const RING_EVENT_FLAGS_DISABLE: u16 = 1;
+pub const RING_EVENT_FLAGS_DESC: u16 = 2;
+
 /// Whether an event index of `event_idx` asks for a notification when the index moves from
 /// `old` to `new` (spec 2.7.10, `vring_need_event`).
 pub const fn vring_need_event(event_idx: u16, new: u16, old: u16) -> bool {

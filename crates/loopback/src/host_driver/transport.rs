@@ -7,7 +7,7 @@
 
 use super::caps::{find_virtio_caps, VirtioCap, VirtioCaps};
 use super::error::{DriverError, Result};
-use super::queue::{HostQueue, QueueParams};
+use super::queue::{alloc_rings, HostQueue, QueueParams};
 use super::spec::*;
 use crate::HostBus;
 use std::time::{Duration, Instant};
@@ -352,17 +352,14 @@ impl VirtioPciDriver {
             return Err(DriverError::QueueAlreadyEnabled(index));
         }
         let size = size.unwrap_or(max);
-        if size == 0 || size > max || !size.is_power_of_two() || size > VIRTQ_MAX_SIZE {
+        let packed = self.features & feature(VIRTIO_F_RING_PACKED) != 0;
+        // Split sizes are powers of two; packed ones need not be (spec 2.8).
+        if size == 0 || size > max || (!packed && !size.is_power_of_two()) || size > VIRTQ_MAX_SIZE
+        {
             return Err(DriverError::BadQueueSize { index, size, max });
         }
 
-        // One block like vring_size(num, SMP_CACHE_BYTES): descriptors, available ring,
-        // then the used ring at the next 64-byte boundary.
-        let avail_off = desc_table_size(size);
-        let used_off = (avail_off + avail_ring_size(size)).next_multiple_of(VRING_USED_ALIGN);
-        let total = used_off + used_ring_size(size);
-        let desc = self.bus.alloc(total, 4096)?;
-        let (avail, used) = (desc + avail_off, desc + used_off);
+        let (desc, avail, used) = alloc_rings(&self.bus, size, packed)?;
 
         self.common_write16(COMMON_QUEUE_SELECT, index);
         self.common_write16(COMMON_QUEUE_SIZE, size);
@@ -393,6 +390,7 @@ impl VirtioPciDriver {
             msix_vector: msix_vector.filter(|&v| v != VIRTIO_MSI_NO_VECTOR),
             event_idx: features & feature(VIRTIO_F_EVENT_IDX) != 0,
             indirect: features & feature(VIRTIO_F_INDIRECT_DESC) != 0,
+            packed,
             timeout: self.timeout,
         })
     }

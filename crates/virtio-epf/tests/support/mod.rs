@@ -48,6 +48,9 @@ pub enum Mode {
     LegacyDoorbell,
     /// Modern layout; host memory only through four 64 KiB outbound windows.
     Windows,
+    /// Modern layout offering split rings only (`--rings split`); every other modern mode
+    /// offers VIRTIO_F_RING_PACKED, which Linux negotiates.
+    Split,
 }
 
 /// Options that select an endpoint mode; a test that passes any of them chose its own mode.
@@ -57,6 +60,7 @@ const MODE_OPTIONS: &[&str] = &[
     "--notify",
     "--irq",
     "--host-windows",
+    "--rings",
 ];
 
 impl Mode {
@@ -66,8 +70,9 @@ impl Mode {
             Ok("legacy-poll") => Mode::LegacyPoll,
             Ok("legacy-doorbell") => Mode::LegacyDoorbell,
             Ok("windows") => Mode::Windows,
+            Ok("split") => Mode::Split,
             Ok(other) => panic!(
-                "VIRTIO_EPF_E2E_MODE={other:?}: expected default, legacy-poll, legacy-doorbell or windows"
+                "VIRTIO_EPF_E2E_MODE={other:?}: expected default, legacy-poll, legacy-doorbell, windows or split"
             ),
         }
     }
@@ -78,6 +83,7 @@ impl Mode {
             Mode::LegacyPoll => "legacy-poll",
             Mode::LegacyDoorbell => "legacy-doorbell",
             Mode::Windows => "windows",
+            Mode::Split => "split",
         }
     }
 
@@ -102,6 +108,7 @@ impl Mode {
                 "doorbell",
             ],
             Mode::Windows => &["--host-windows", "4", "--window-size", "65536"],
+            Mode::Split => &["--rings", "split"],
         }
     }
 
@@ -109,7 +116,14 @@ impl Mode {
         matches!(self, Mode::LegacyPoll | Mode::LegacyDoorbell)
     }
 
-    /// Shell lines for the guest: `E2E_MODE`, `LEGACY` (0/1) and the vendor:device ID of each
+    /// Whether the guest must negotiate packed rings (VIRTIO_F_RING_PACKED): every modern
+    /// mode but `split` offers them, and Linux's virtio_ring takes them.
+    pub fn packed(self) -> bool {
+        !self.legacy() && self != Mode::Split
+    }
+
+    /// Shell lines for the guest: `E2E_MODE`, `LEGACY` (0/1), `PACKED` (0/1: whether
+    /// VIRTIO_F_RING_PACKED must be negotiated, see `check_rings`) and the vendor:device ID of each
     /// device in this mode (`ID_NET`, `ID_BLK`, `ID_CONSOLE`, `ID_RNG`): modern IDs are
     /// 0x1040 + type, transitional (legacy) ones 0x1000, 0x1001, 0x1003, 0x1005.
     pub fn guest_vars(self) -> String {
@@ -119,10 +133,11 @@ impl Mode {
             (0x1041, 0x1042, 0x1043, 0x1044)
         };
         format!(
-            "E2E_MODE={}\nLEGACY={}\nID_NET=0x1af4:{net:#06x}\nID_BLK=0x1af4:{blk:#06x}\n\
+            "E2E_MODE={}\nLEGACY={}\nPACKED={}\nID_NET=0x1af4:{net:#06x}\nID_BLK=0x1af4:{blk:#06x}\n\
              ID_CONSOLE=0x1af4:{console:#06x}\nID_RNG=0x1af4:{rng:#06x}\n",
             self.name(),
-            u8::from(self.legacy())
+            u8::from(self.legacy()),
+            u8::from(self.packed())
         )
     }
 
@@ -154,7 +169,7 @@ impl Mode {
                 assert!(Daemon::counter(stats, "windows", "misses") > 0, "{stats}");
                 assert!(Daemon::counter(stats, "windows", "mapped") <= 4, "{stats}");
             }
-            Mode::Default | Mode::LegacyDoorbell => {}
+            Mode::Default | Mode::LegacyDoorbell | Mode::Split => {}
         }
     }
 }
@@ -510,6 +525,17 @@ pci_addr() {
 virtio_dir() { ls -d /sys/bus/pci/devices/$1/virtio* 2>/dev/null | head -n1; }
 # Feature bit $2 of virtio device dir $1 (the sysfs string is bit 0 first).
 has_feature() { local f; f=$(cat "$1/features"); [ "${f:$2:1}" = 1 ]; }
+lacks_feature() { ! has_feature "$@"; }
+# The ring format of the virtio device below PCI function $1 is the one the suite's mode
+# expects: VIRTIO_F_RING_PACKED (bit 34) negotiated when PACKED=1, absent otherwise.
+check_rings() {
+    local v; v=$(virtio_dir "$1"); [ -n "$v" ] || fail "no virtio device below $1"
+    if [ "$PACKED" = 1 ]; then
+        check "VIRTIO_F_RING_PACKED negotiated ($1)" has_feature "$v" 34
+    else
+        check "split rings ($1): VIRTIO_F_RING_PACKED not negotiated" lacks_feature "$v" 34
+    fi
+}
 "#;
 
 /// Deterministic pseudo-random bytes (xorshift), so failures are reproducible.

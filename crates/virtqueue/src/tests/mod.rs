@@ -5,6 +5,7 @@
 mod events;
 mod malformed;
 mod normal;
+mod packed;
 mod prop;
 
 use crate::testing::{DriverRing, TestMemory};

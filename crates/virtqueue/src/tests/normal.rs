@@ -613,7 +613,7 @@ fn new_validates_ranges_including_event_fields() {
         let addr = match ring {
             Ring::Descriptors => cfg.desc_addr,
             Ring::Avail => cfg.avail_addr,
-            Ring::Used => cfg.used_addr,
+            Ring::Used | Ring::DriverEvent | Ring::DeviceEvent => cfg.used_addr,
         };
         assert_eq!(
             Queue::new(cfg, mem.clone(), false).err(),

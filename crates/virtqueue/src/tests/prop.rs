@@ -6,16 +6,16 @@ use crate::{Descriptor, DescriptorChain, Queue, QueueError, MAX_INDIRECT_ENTRIES
 use proptest::prelude::*;
 use std::sync::Arc;
 
-const MEM_SIZE: usize = 1 << 16;
+pub(super) const MEM_SIZE: usize = 1 << 16;
 /// Offsets (from the memory base) of the two random indirect tables.
-const TABLE_OFFSETS: [u64; 2] = [0x2000, 0x3000];
-const TABLE_ENTRIES: usize = 8;
+pub(super) const TABLE_OFFSETS: [u64; 2] = [0x2000, 0x3000];
+pub(super) const TABLE_ENTRIES: usize = 8;
 
 fn base() -> u64 {
     crate::testing::TEST_MEMORY_BASE
 }
 
-fn addr_strategy() -> impl Strategy<Value = u64> {
+pub(super) fn addr_strategy() -> impl Strategy<Value = u64> {
     let (b, e) = (base(), base() + MEM_SIZE as u64);
     prop_oneof![
         30 => (b + 0x1000)..(e - 4096),
@@ -30,7 +30,7 @@ fn addr_strategy() -> impl Strategy<Value = u64> {
     ]
 }
 
-fn len_strategy() -> impl Strategy<Value = u32> {
+pub(super) fn len_strategy() -> impl Strategy<Value = u32> {
     prop_oneof![
         20 => 0u32..=64,
         2 => (0u32..=TABLE_ENTRIES as u32 + 1).prop_map(|k| k * 16),
@@ -162,7 +162,11 @@ fn random_ring() -> impl Strategy<Value = RandomRing> {
 }
 
 /// Checks a successfully popped chain and moves data through it.
-fn check_chain(c: &DescriptorChain, q: &Queue, mem: &TestMemory) -> Result<u32, TestCaseError> {
+pub(super) fn check_chain(
+    c: &DescriptorChain,
+    q: &Queue,
+    mem: &TestMemory,
+) -> Result<u32, TestCaseError> {
     prop_assert!(c.head() < q.size());
     let (b, e) = (mem.base(), mem.end());
     for (segs, total) in [
@@ -292,13 +296,13 @@ proptest! {
 
 /// A well-formed chain: direct or indirect, readable buffer lengths, writable buffer lengths.
 #[derive(Debug, Clone)]
-struct ChainSpec {
-    indirect: bool,
-    readable: Vec<u32>,
-    writable: Vec<u32>,
+pub(super) struct ChainSpec {
+    pub(super) indirect: bool,
+    pub(super) readable: Vec<u32>,
+    pub(super) writable: Vec<u32>,
 }
 
-fn chain_spec() -> impl Strategy<Value = ChainSpec> {
+pub(super) fn chain_spec() -> impl Strategy<Value = ChainSpec> {
     let len = prop_oneof![1 => Just(0u32), 4 => 1u32..300];
     (
         any::<bool>(),

@@ -3,7 +3,8 @@
 //! * [`TestMemory`]: a `Vec`-backed [`HostMemory`] at a nonzero base address that refuses, and
 //!   counts, every access falling outside it;
 //! * [`DriverRing`]: the driver side of a split ring in a `TestMemory` (writes descriptors and
-//!   available entries, reads used elements and event fields).
+//!   available entries, reads used elements and event fields);
+//! * [`PackedDriverRing`] (module `packed`): the same for a packed ring.
 //!
 //! The driver-side helpers panic on misuse (they are test code); they access memory through
 //! [`TestMemory::poke`] / [`TestMemory::peek`], which bypass the counters.
@@ -15,6 +16,9 @@ use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, IN_PLACE_MAX_RANGES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+mod packed;
+pub use packed::PackedDriverRing;
 
 /// Default base address of a [`TestMemory`]: above 4 GiB, so that code confusing host addresses
 /// with offsets fails.
