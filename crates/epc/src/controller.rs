@@ -102,6 +102,15 @@ pub trait EndpointController: Send + Sync {
     /// Raises an interrupt towards the host.
     fn raise_irq(&self, irq: Irq) -> Result<(), EpcError>;
 
-    /// Whether the host has enabled MSI-X on this function.
+    /// Whether the host has enabled MSI-X on this function. The answer may be a recent one
+    /// reused (asking can be a PCIe round trip): good for decisions that are taken again and
+    /// again, such as a poller's view of the register layout.
     fn msix_enabled(&self) -> bool;
+
+    /// Whether the host has enabled MSI-X on this function, asked now. Interrupt delivery
+    /// asks this before it raises INTx instead of MSI-X: a reused "off" from the moment a
+    /// driver was rebinding would lose the interrupt the new driver waits for.
+    fn msix_enabled_now(&self) -> bool {
+        self.msix_enabled()
+    }
 }

@@ -278,6 +278,10 @@ impl EndpointController for WindowLimited {
     fn msix_enabled(&self) -> bool {
         self.inner.msix_enabled()
     }
+
+    fn msix_enabled_now(&self) -> bool {
+        self.inner.msix_enabled_now()
+    }
 }
 
 /// `windows: mapped=.. maps=.. unmaps=.. hits=.. misses=..`.

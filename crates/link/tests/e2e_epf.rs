@@ -80,9 +80,12 @@ n=0
 for i in $(seq 10); do
     echo 0000:01:00.0 > $D/unbind && echo 0000:01:00.0 > $D/bind || break
     for j in $(seq 50); do grep -q virtio /sys/class/misc/hw_random/rng_current && break; sleep 0.1; done
-    [ "$(timeout 60 head -c 512 /dev/hwrng | wc -c)" = 512 ] && n=$((n + 1))
+    got=$(timeout 60 head -c 512 /dev/hwrng | wc -c)
+    echo "rebind $i: $got bytes, rng_current $(cat /sys/class/misc/hw_random/rng_current)"
+    [ "$got" = 512 ] && n=$((n + 1))
 done
 check "entropy after each of 10 rebinds" test $n = 10
+[ $n = 10 ] || dmesg | tail -30
 finish
 "#;
     let bin = virtio_epf();

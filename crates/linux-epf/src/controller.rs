@@ -353,7 +353,13 @@ impl EndpointController for EpfController {
         if last != u64::MAX && now.saturating_sub(last >> 1) < MSIX_STATE_TTL_MS {
             return last & 1 != 0;
         }
+        self.msix_enabled_now()
+    }
+
+    fn msix_enabled_now(&self) -> bool {
+        let c = &self.0;
         let on = c.dev.irq_state().is_ok_and(|s| s.msix > 0);
+        let now = c.epoch.elapsed().as_millis() as u64;
         c.msix.store((now << 1) | u64::from(on), Ordering::Release);
         on
     }

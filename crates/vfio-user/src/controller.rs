@@ -386,6 +386,7 @@ impl EndpointController for VfioUserController {
             }
             Some(false) => Err(EpcError::Os(format!("{irq:?}: cannot signal the eventfd"))),
             None => {
+                log::debug!("vfio-user: {irq:?} not raised: the client gave no eventfd for it");
                 bump(&self.counters.irqs_refused);
                 Err(EpcError::IrqNotEnabled(format!("{irq:?}")))
             }

@@ -486,6 +486,10 @@ impl<'a> Session<'a> {
         if fl & !known != 0 || index >= NUM_IRQS {
             return Err(libc::EINVAL.into());
         }
+        log::debug!(
+            "vfio-user: SET_IRQS index {index} start {start} count {count} flags {fl:#x}, {} fds",
+            fds.len()
+        );
         let inval = |_: IrqError| libc::EINVAL;
         let mut changed = false;
         match data {

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use virtio_epf::{Invocation, Registry};
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let inv = Invocation::parse_from(&Registry::builtin(), std::env::args_os())
         .unwrap_or_else(|e| e.exit());
     match virtio_epf::serve::run(&inv) {

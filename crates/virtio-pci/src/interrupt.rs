@@ -3,7 +3,7 @@
 //! and deasserts the line.
 
 use crate::NO_VECTOR;
-use epf_epc::{EndpointController, Irq};
+use epf_epc::{EndpointController, EpcError, Irq};
 use std::sync::atomic::{AtomicU16, AtomicU8, Ordering};
 use std::sync::Arc;
 
@@ -33,9 +33,14 @@ impl Interrupt {
         self.config_vector.store(v, Ordering::Release);
     }
 
+    /// Raises MSI-X `vector` if the host enabled MSI-X, INTx otherwise. A reused answer is
+    /// trusted only when it says MSI-X is on, and an MSI-X the controller refuses is asked
+    /// about again: right after a driver rebinds, a stale "off" (or "on") would send the
+    /// interrupt the driver waits for where the host no longer listens.
     fn signal(&self, vector: u16, isr_bit: u8) -> bool {
         self.isr.fetch_or(isr_bit, Ordering::AcqRel);
-        let r = if self.epc.msix_enabled() {
+        let msix = self.epc.msix_enabled() || self.epc.msix_enabled_now();
+        let mut r = if msix {
             if vector == NO_VECTOR {
                 return false;
             }
@@ -43,6 +48,9 @@ impl Interrupt {
         } else {
             self.epc.raise_irq(Irq::Intx(true))
         };
+        if msix && matches!(r, Err(EpcError::IrqNotEnabled(_))) && !self.epc.msix_enabled_now() {
+            r = self.epc.raise_irq(Irq::Intx(true));
+        }
         match r {
             Ok(()) => true,
             Err(e) => {
@@ -81,5 +89,91 @@ impl Interrupt {
             let _ = self.epc.raise_irq(Irq::Intx(false));
         }
         self.config_vector.store(NO_VECTOR, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use epf_epc::{EpcFeatures, FunctionHandler, FunctionSpec, HostMemory, SharedMemory};
+    use epf_loopback::LoopbackController;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    /// A controller whose cached MSI-X answer and real state can differ, as after a rebind:
+    /// the driver disabled MSI-X (the cache saw that), then enabled it again.
+    struct Stale {
+        inner: LoopbackController,
+        cached: AtomicBool,
+        real: AtomicBool,
+        raised: Mutex<Vec<Irq>>,
+    }
+
+    impl EndpointController for Stale {
+        fn features(&self) -> EpcFeatures {
+            self.inner.features()
+        }
+        fn start(
+            &self,
+            spec: FunctionSpec,
+            handler: Arc<dyn FunctionHandler>,
+        ) -> Result<(), EpcError> {
+            self.inner.start(spec, handler)
+        }
+        fn bar_memory(&self, bar: u8) -> Option<Arc<SharedMemory>> {
+            self.inner.bar_memory(bar)
+        }
+        fn host_memory(&self) -> Arc<dyn HostMemory> {
+            self.inner.host_memory()
+        }
+        fn raise_irq(&self, irq: Irq) -> Result<(), EpcError> {
+            let msix = self.real.load(Ordering::Relaxed);
+            match irq {
+                Irq::Msix(_) if !msix => return Err(EpcError::IrqNotEnabled(format!("{irq:?}"))),
+                Irq::Intx(_) if msix => return Err(EpcError::IrqNotEnabled(format!("{irq:?}"))),
+                _ => {}
+            }
+            self.raised.lock().unwrap().push(irq);
+            Ok(())
+        }
+        fn msix_enabled(&self) -> bool {
+            self.cached.load(Ordering::Relaxed)
+        }
+        fn msix_enabled_now(&self) -> bool {
+            let on = self.real.load(Ordering::Relaxed);
+            self.cached.store(on, Ordering::Relaxed);
+            on
+        }
+    }
+
+    fn stale(cached: bool, real: bool) -> Arc<Stale> {
+        Arc::new(Stale {
+            inner: LoopbackController::with_defaults().unwrap(),
+            cached: AtomicBool::new(cached),
+            real: AtomicBool::new(real),
+            raised: Mutex::new(Vec::new()),
+        })
+    }
+
+    #[test]
+    fn a_stale_answer_about_msix_never_loses_the_interrupt() {
+        // Cached "off", MSI-X on again: the queue's vector is raised, not INTx.
+        let c = stale(false, true);
+        let irq = Interrupt::new(c.clone());
+        assert!(irq.signal_queue(1));
+        assert_eq!(*c.raised.lock().unwrap(), [Irq::Msix(1)]);
+
+        // Cached "on", MSI-X since disabled (the host fell back to INTx): INTx.
+        let c = stale(true, false);
+        let irq = Interrupt::new(c.clone());
+        assert!(irq.signal_queue(1));
+        assert_eq!(*c.raised.lock().unwrap(), [Irq::Intx(true)]);
+
+        // Both agree: one raise, no second question needed.
+        let c = stale(true, true);
+        let irq = Interrupt::new(c.clone());
+        assert!(irq.signal_queue(0));
+        assert!(!irq.signal_queue(NO_VECTOR));
+        assert_eq!(*c.raised.lock().unwrap(), [Irq::Msix(0)]);
     }
 }

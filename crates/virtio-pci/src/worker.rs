@@ -226,6 +226,12 @@ impl Worker {
             }
         }
         self.last = vec![(0, 0, 0); queues.len()];
+        log::debug!(
+            "activation {}: features {:#x}, queue vectors {:?}",
+            a.epoch,
+            a.features,
+            a.queue_vectors
+        );
         self.active = Some(Active {
             epoch: a.epoch,
             features: a.features,
@@ -245,6 +251,7 @@ impl Worker {
     }
 
     fn reset(&mut self, epoch: u64) {
+        log::debug!("reset {epoch}");
         self.active = None;
         self.device.reset();
         self.shared.interrupt.reset();
@@ -385,10 +392,17 @@ impl Worker {
             st.bytes
                 .fetch_add(qs.bytes.saturating_sub(b), Ordering::Relaxed);
             self.last[i] = (qs.chains_popped, qs.descriptors, qs.bytes);
-            if q.needs_interrupt().map_err(DeviceError::queue(i))?
-                && self.shared.interrupt.signal_queue(a.vectors[i])
-            {
-                st.interrupts.fetch_add(1, Ordering::Relaxed);
+            if q.needs_interrupt().map_err(DeviceError::queue(i))? {
+                let raised = self.shared.interrupt.signal_queue(a.vectors[i]);
+                log::debug!(
+                    "queue {i} of activation {}: used {}, vector {}: raised {raised}",
+                    a.epoch,
+                    q.next_used(),
+                    a.vectors[i]
+                );
+                if raised {
+                    st.interrupts.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         Ok(())
