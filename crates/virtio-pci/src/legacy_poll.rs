@@ -38,11 +38,19 @@
 //!   the very pass that consumes the PFN when the host wrote both before the engine looked,
 //!   and any time until queue k+1's PFN.
 //!
-//! If neither happened before queue k+1's PFN appears, the two vectors cannot be told apart:
-//! the engine refuses the setup rather than guess. It leaves that PFN unconsumed, so a host
-//! with more queues fails its own "already active" check (and Linux tries its next vector
-//! policy, from queue 0: the engine follows that restart); otherwise the device answers
-//! DRIVER_OK with DEVICE_NEEDS_RESET and stays inactive. Counted as `uncertain_vectors`.
+//! If neither happened before queue k+1's PFN appears, the two vectors cannot be told apart
+//! from the register alone: the engine does not take that PFN. It leaves it unconsumed, so a
+//! host with more queues fails its own "already active" check (and Linux tries its next
+//! vector policy, from queue 0: the engine follows that restart). If queue k+1 was the last
+//! one, DRIVER_OK comes next, and queue k+1's vector is then certain (written before it).
+//! Linux hands vectors out in increasing order from the configuration vector's: with
+//! per-queue vectors each queue with a callback takes the next one, otherwise all share
+//! one, and queues without a callback take NO_VECTOR. So when queue k+1's vector is two
+//! above the highest vector assigned before queue k (the configuration vector's included),
+//! queue k's can only be the one in between: the engine takes it, takes the PFN and
+//! activates (counted as `deduced_vectors`). Anything else (one above: queue k shared it or
+//! had NO_VECTOR) it cannot tell, and the device answers DRIVER_OK with
+//! DEVICE_NEEDS_RESET and stays inactive. Counted as `uncertain_vectors`.
 //!
 //! 4. **Linux's retries.** When a queue setup fails (its check, or a vector refused),
 //!    virtio_pci deletes the queues it set up (vector NO_VECTOR, QUEUE_PFN 0: writes of 0
@@ -99,10 +107,12 @@ pub struct PollStats {
     pub order_violations: u64,
     /// Queue setups Linux started again from queue 0 (its next vector policy).
     pub restarts: u64,
+    /// Missed vectors of the second-to-last queue, known from the order Linux assigns them.
+    pub deduced_vectors: u64,
 }
 
 /// `poll: passes=.. pfns=.. resets=.. inferred_resets=.. activations=.. notifies=..
-/// uncertain_vectors=.. order_violations=.. restarts=..`.
+/// uncertain_vectors=.. order_violations=.. restarts=.. deduced_vectors=..`.
 impl CounterSource for PollStats {
     fn report(&self, out: &mut Counters) {
         out.line("poll")
@@ -114,7 +124,8 @@ impl CounterSource for PollStats {
             .field("notifies", self.notifies)
             .field("uncertain_vectors", self.uncertain_vectors)
             .field("order_violations", self.order_violations)
-            .field("restarts", self.restarts);
+            .field("restarts", self.restarts)
+            .field("deduced_vectors", self.deduced_vectors);
     }
 }
 
@@ -167,6 +178,11 @@ pub struct LegacyPollEngine {
     vec_before_pfn: Option<u16>,
     /// The vector assigned to the last queue whose setup is complete.
     last_vector: Option<u16>,
+    /// The highest vector (not NO_VECTOR) assigned since the attempt began: the
+    /// configuration vector's and the queues'.
+    max_vector: Option<u16>,
+    /// The queue whose vector was missed, when that is why the setup was refused.
+    missed: Option<u16>,
     /// The configuration vector of the current attempt, taken when [`ATTEMPT_MARK`]
     /// replaced it.
     config_vector: Option<u16>,
@@ -235,6 +251,8 @@ impl LegacyPollEngine {
             track: VecTrack::default(),
             vec_before_pfn: None,
             last_vector: None,
+            max_vector: None,
+            missed: None,
             config_vector: None,
             broken: false,
             config_written: None,
@@ -282,6 +300,8 @@ impl LegacyPollEngine {
         self.consumed = 0;
         self.track = VecTrack::default();
         self.last_vector = None;
+        self.max_vector = None;
+        self.missed = None;
         self.config_vector = None;
         self.broken = false;
         self.queues_set_up = false;
@@ -304,11 +324,62 @@ impl LegacyPollEngine {
             Some(v) => {
                 regs.set_queue_msix_vector_at(q, v);
                 self.last_vector = Some(v);
+                self.note_vector(v);
                 self.track = VecTrack::default();
                 true
             }
             None => false,
         }
+    }
+
+    /// Records `v` as assigned in this attempt.
+    fn note_vector(&mut self, v: u16) {
+        if v != NO_VECTOR && v != ATTEMPT_MARK {
+            self.max_vector = Some(self.max_vector.map_or(v, |m| m.max(v)));
+        }
+    }
+
+    /// At DRIVER_OK after queue `k`'s vector was missed and queue k+1's PFN (`pfn`) left in
+    /// place: `vec`, read after DRIVER_OK, is queue k+1's vector. If it is two above every
+    /// vector assigned before queue k, queue k's is the one in between (see the module
+    /// documentation): both queues are set up and the refusal withdrawn. Returns whether
+    /// that happened.
+    fn deduce_missed(
+        &mut self,
+        page: &SharedMemory,
+        regs: &mut Registers,
+        pfn: u32,
+        vec: u16,
+    ) -> R<bool> {
+        let (Some(k), Some(base)) = (self.missed, self.max_vector) else {
+            return Ok(false);
+        };
+        let next = k.wrapping_add(1);
+        if self.consumed != next || next >= self.num_queues || vec == NO_VECTOR {
+            return Ok(false);
+        }
+        if base.checked_add(2) != Some(vec) {
+            return Ok(false);
+        }
+        if !page.compare_exchange_u32(QUEUE_PFN, pfn, 0)? {
+            return Ok(false);
+        }
+        regs.set_queue_msix_vector_at(k, base + 1);
+        regs.set_queue_pfn_at(next, pfn);
+        regs.set_queue_msix_vector_at(next, vec);
+        self.last_vector = Some(vec);
+        self.note_vector(vec);
+        self.consumed = next.wrapping_add(1);
+        self.stats.pfns += 1;
+        self.stats.deduced_vectors += 1;
+        self.track = VecTrack::default();
+        self.missed = None;
+        self.broken = false;
+        log::info!(
+            "legacy poll: queue {k}'s vector deduced as {}, between {base} and queue {next}'s {vec}",
+            base + 1
+        );
+        Ok(true)
     }
 
     /// Consumes a PFN the pass read (compare-and-swap to 0), returning QUEUE_SEL as read
@@ -331,6 +402,8 @@ impl LegacyPollEngine {
         self.consumed = 0;
         self.track = VecTrack::default();
         self.last_vector = None;
+        self.max_vector = None;
+        self.missed = None;
         self.config_vector = None;
         // Read before the restart: not what queue 0's vector write replaced.
         self.vec_before_pfn = None;
@@ -393,6 +466,7 @@ impl LegacyPollEngine {
                 }
                 if page.compare_exchange_u16(MSI_CONFIG_VECTOR, cfg, ATTEMPT_MARK)? {
                     self.config_vector = Some(cfg);
+                    self.note_vector(cfg);
                 }
             }
         }
@@ -407,8 +481,10 @@ impl LegacyPollEngine {
                 self.seen.log();
                 self.stats.uncertain_vectors += 1;
                 // Leave this PFN in place: a host with more queues fails its own
-                // "already active" check; otherwise DRIVER_OK finds the device refusing.
+                // "already active" check; otherwise DRIVER_OK may deduce the vector, or
+                // finds the device refusing.
                 self.broken = true;
+                self.missed = self.track.queue;
             } else if let Some(sel) = self.take_pfn(page, pfn)? {
                 pfn_left = false;
                 pass.activity = true;
@@ -464,6 +540,11 @@ impl LegacyPollEngine {
                     if !self.broken && !self.finish_vector(regs) {
                         self.stats.uncertain_vectors += 1;
                         self.broken = true;
+                    }
+                    if self.broken && pfn_left && self.deduce_missed(page, regs, pfn, vec)? {
+                        pfn_left = false;
+                        // Counted when refused; the setup stands after all.
+                        self.stats.uncertain_vectors -= 1;
                     }
                 }
                 if self.broken {

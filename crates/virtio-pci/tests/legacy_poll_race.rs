@@ -9,7 +9,7 @@
 
 use epf_epc::SharedMemory;
 use epf_virtio_pci::legacy_layout::*;
-use epf_virtio_pci::legacy_poll::LegacyPollEngine;
+use epf_virtio_pci::legacy_poll::{LegacyPollEngine, PollStats};
 use epf_virtio_pci::registers::{legacy_queue_config, Activation, Effect, Registers};
 use epf_virtio_pci::NO_VECTOR;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -525,40 +525,56 @@ fn a_vector_written_before_the_endpoint_looked_is_still_certain() {
     );
 }
 
-/// The same host, but the endpoint looked after queue 0's PFN and *before* its vector, then
-/// not again until queue 1's vector was written: the register went from NO_VECTOR to 1 to 2
-/// unseen in between, so queue 0's vector is unknowable and the setup is refused (and shown
-/// as DEVICE_NEEDS_RESET at DRIVER_OK), never guessed.
-#[test]
-fn a_vector_overwritten_unseen_is_refused_not_guessed() {
+/// The endpoint looked after queue 0's PFN and *before* its vector, then not again until
+/// the host had set queue 1 up (vector `q1_vector`) and written DRIVER_OK: queue 0's vector
+/// was overwritten unseen. Returns (activation, stats, DEVICE_NEEDS_RESET shown).
+fn queue_0_vector_missed(q1_vector: u16) -> (Option<Activation>, PollStats, bool) {
     let page = Arc::new(SharedMemory::memfd("legacy-page", 4096).unwrap());
     let mut regs = Registers::new_legacy(0, &[QSIZE; 2], 3);
     let mut engine = LegacyPollEngine::new(0, 2, QSIZE);
     engine.prime(&page).unwrap();
     page.store_u16(MSI_QUEUE_VECTOR, NO_VECTOR).unwrap();
     page.store_u8(STATUS, 3).unwrap();
+    page.store_u16(MSI_CONFIG_VECTOR, 0).unwrap();
     engine.poll(&page, &mut regs, true).unwrap();
     page.store_u32(QUEUE_PFN, 0x100).unwrap();
     engine.poll(&page, &mut regs, true).unwrap();
     page.store_u16(MSI_QUEUE_VECTOR, 1).unwrap();
     page.store_u16(QUEUE_SEL, 1).unwrap();
     page.store_u32(QUEUE_PFN, 0x200).unwrap();
-    page.store_u16(MSI_QUEUE_VECTOR, 2).unwrap();
+    page.store_u16(MSI_QUEUE_VECTOR, q1_vector).unwrap();
     page.store_u8(STATUS, 7).unwrap();
-    let mut activated = false;
+    let mut activation = None;
     for _ in 0..3 {
-        activated |= matches!(
-            engine.poll(&page, &mut regs, true).unwrap().activate,
-            Some(Effect::Activate(_))
-        );
+        if let Some(Effect::Activate(a)) = engine.poll(&page, &mut regs, true).unwrap().activate {
+            activation = Some(a);
+        }
     }
-    assert!(!activated, "must not activate with a guessed vector");
-    assert_eq!(engine.stats.uncertain_vectors, 1);
-    assert_ne!(
-        page.load_u8(STATUS).unwrap() & 0x40,
-        0,
-        "DEVICE_NEEDS_RESET shown"
-    );
+    let needs_reset = page.load_u8(STATUS).unwrap() & 0x40 != 0;
+    (activation, engine.stats, needs_reset)
+}
+
+/// Per-queue vectors (configuration 0, queue 1 took 2): queue 0's can only be 1, as Linux
+/// hands vectors out in order. The engine deduces it and activates with both queues.
+#[test]
+fn a_vector_overwritten_unseen_is_deduced_from_the_order_linux_assigns_them() {
+    let (a, st, needs_reset) = queue_0_vector_missed(2);
+    let a = a.expect("activated");
+    assert_eq!(a.queues[0], Some(legacy_queue_config(0x100, QSIZE)));
+    assert_eq!(a.queues[1], Some(legacy_queue_config(0x200, QSIZE)));
+    assert_eq!(a.queue_vectors, vec![1, 2]);
+    assert_eq!((st.deduced_vectors, st.uncertain_vectors), (1, 0));
+    assert!(!needs_reset, "no DEVICE_NEEDS_RESET");
+}
+
+/// Queue 1 took vector 1: queue 0 either shared it or had none (no callback). The engine
+/// cannot tell, so it refuses (DEVICE_NEEDS_RESET at DRIVER_OK), never guesses.
+#[test]
+fn an_ambiguous_vector_overwritten_unseen_is_refused_not_guessed() {
+    let (a, st, needs_reset) = queue_0_vector_missed(1);
+    assert!(a.is_none(), "must not activate with a guessed vector");
+    assert_eq!((st.deduced_vectors, st.uncertain_vectors), (0, 1));
+    assert!(needs_reset, "DEVICE_NEEDS_RESET shown");
 }
 
 /// Linux's retry: queue 0 consumed, then the endpoint misses queue 1's PFN until the host's
