@@ -11,6 +11,18 @@
 //! * a used element is written, then a Release fence, then `used.idx`;
 //! * between publishing `used.idx` and reading `used_event` / `avail.flags`, and between
 //!   writing `avail_event` / `used.flags` and re-reading `avail.idx`, a SeqCst fence.
+//!
+//! Notification data (VIRTIO_F_NOTIFICATION_DATA, section 2.9): [`Queue::note_notification`]
+//! hands the queue the driver's next available index (split) or position (packed) from a
+//! notification. It stands in for the read of `avail.idx` (split) or of the next
+//! descriptor's flags (packed) that would otherwise start the pass, and, once the
+//! announced buffers are popped, for the read that would find nothing more: the driver
+//! wrote everything it announced before notifying. It is only a hint: a value outside the
+//! window the ring allows is ignored, the re-check after re-enabling notifications
+//! ([`Queue::enable_notification`]) always reads the ring, so an understated hint delays
+//! nothing, and an overstated one is caught as a malformed ring (split: the next
+//! `avail.idx` lies behind what was popped; packed: the descriptor flags, still checked,
+//! show nothing available).
 
 use crate::layout::{self, Ring};
 use crate::packed::PackedRing;
@@ -50,6 +62,9 @@ pub struct QueueStats {
     pub used_added: u64,
     /// Calls to [`Queue::needs_interrupt`] that returned true.
     pub interrupts_suggested: u64,
+    /// Ring reads not made thanks to notification data (see [`Queue::note_notification`]):
+    /// `avail.idx` reads (split) or reads of the next descriptor's flags (packed).
+    pub ring_reads_saved: u64,
 }
 
 /// The device side of a split or packed virtqueue.
@@ -65,6 +80,9 @@ pub struct Queue {
     /// The last validated value of `avail.idx`; entries up to it can be popped without reading
     /// `avail.idx` again. Equal to `next_avail` when nothing is known to be pending.
     avail_idx: u16,
+    /// The driver's next available index from the last notification's data, until the pops
+    /// reach it (or it is found outside the window and dropped).
+    announced: Option<u16>,
     /// Our copy of `used.flags` (only the device writes it).
     used_flags: u16,
     /// Used elements added since `needs_interrupt` last returned true (saturating).
@@ -135,6 +153,7 @@ impl Queue {
             next_avail: 0,
             next_used: 0,
             avail_idx: 0,
+            announced: None,
             used_flags: 0,
             unsignalled: 0,
             last_pop: None,
@@ -167,6 +186,7 @@ impl Queue {
             next_avail: 0,
             next_used: 0,
             avail_idx: 0,
+            announced: None,
             used_flags: 0,
             unsignalled: 0,
             last_pop: None,
@@ -227,7 +247,21 @@ impl Queue {
         }
         self.next_avail = idx;
         self.avail_idx = idx;
+        self.announced = None;
         self.last_pop = None;
+    }
+
+    /// Notification data (VIRTIO_F_NOTIFICATION_DATA): `next` is the upper half of the
+    /// 32-bit value the driver wrote to this queue's notification address, i.e. its next
+    /// available index (split: `next_idx`) or position (packed: `next_off` in bits 0-14,
+    /// `next_wrap` in bit 15). The next pops trust it instead of reading the ring's index or
+    /// flags (see the module documentation for how a wrong value is contained). Replaces an
+    /// earlier value. Accesses no memory.
+    pub fn note_notification(&mut self, next: u16) {
+        match &mut self.packed {
+            Some(p) => p.note_notification(next),
+            None => self.announced = Some(next),
+        }
     }
 
     /// Sets the next used index. The caller keeps `used.idx` in memory consistent with it.
@@ -243,7 +277,11 @@ impl Queue {
 
     /// Activity counters.
     pub fn stats(&self) -> QueueStats {
-        self.stats
+        let mut s = self.stats;
+        if let Some(p) = &self.packed {
+            s.ring_reads_saved = p.ring_reads_saved();
+        }
+        s
     }
 
     /// Reads and validates `avail.idx`, then orders later ring reads after it.
@@ -264,13 +302,36 @@ impl Queue {
     }
 
     /// True if the available ring has entries not yet popped. Reads `avail.idx` only when
-    /// everything seen so far was popped. Fails with [`QueueError::AvailIdxJump`] like `pop`.
+    /// everything seen so far was popped and no notification data says otherwise (see
+    /// [`note_notification`](Self::note_notification)). Fails with
+    /// [`QueueError::AvailIdxJump`] like `pop`.
     pub fn has_available(&mut self) -> Result<bool, QueueError> {
         if let Some(p) = &mut self.packed {
             return p.has_available(&*self.mem);
         }
         if self.avail_idx == self.next_avail {
-            self.refresh_avail_idx()?;
+            match self.announced {
+                // Everything the driver announced was popped: nothing more until the
+                // re-check after notifications are re-enabled, which reads.
+                Some(next) if next == self.next_avail => {
+                    self.announced = None;
+                    self.stats.ring_reads_saved += 1;
+                    return Ok(false);
+                }
+                // The driver wrote these entries (and avail.idx) before notifying; the
+                // Acquire pairs with the notification's delivery like the avail.idx read's.
+                Some(next) if next.wrapping_sub(self.next_avail) <= self.cfg.size => {
+                    fence(Ordering::Acquire);
+                    self.avail_idx = next;
+                    self.stats.ring_reads_saved += 1;
+                }
+                // Behind what was popped (a stale notification) or beyond the ring.
+                Some(_) => {
+                    self.announced = None;
+                    self.refresh_avail_idx()?;
+                }
+                None => self.refresh_avail_idx()?,
+            }
         }
         Ok(self.avail_idx != self.next_avail)
     }
@@ -472,10 +533,14 @@ impl Queue {
     ///
     /// Packed ring: device event suppression flags ENABLE, or with EVENT_IDX `off_wrap` = the
     /// next available position and flags DESC.
+    ///
+    /// The re-check reads the ring whatever notification data said: buffers made available
+    /// after the last notification are only found this way.
     pub fn enable_notification(&mut self) -> Result<bool, QueueError> {
         if let Some(p) = &mut self.packed {
             return p.enable_notification(&*self.mem);
         }
+        self.announced = None;
         if self.event_idx {
             self.mem.write_u16(
                 layout::avail_event_addr(self.cfg.used_addr, self.cfg.size),

@@ -32,7 +32,7 @@ use format::{
     EVENT_FLAGS_OFFSET, FLAGS_OFFSET, LEN_OFFSET, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE,
     RING_EVENT_FLAGS_ENABLE,
 };
-use prefetch::Prefetch;
+use prefetch::{Prefetch, PREFETCH};
 use std::sync::atomic::{fence, Ordering};
 
 /// Marks an id during [`PackedRing::add_used_many`]'s duplicate check (`in_flight` counts are
@@ -93,6 +93,11 @@ pub(crate) struct PackedRing {
     /// Ring positions passed by used descriptors since the last interrupt (saturating).
     unsignalled: u32,
     last_pop: Option<LastPop>,
+    /// The driver's next available position from the last notification's data
+    /// (VIRTIO_F_NOTIFICATION_DATA), until the pops reach it or it is found invalid.
+    announced: Option<Position>,
+    /// Flags reads not made thanks to `announced`.
+    reads_saved: u64,
 }
 
 /// Checks a packed-ring area's alignment and range (`len` bytes).
@@ -132,6 +137,8 @@ impl PackedRing {
             device_flags: None,
             unsignalled: 0,
             last_pop: None,
+            announced: None,
+            reads_saved: 0,
         })
     }
 
@@ -160,6 +167,39 @@ impl PackedRing {
         };
         self.prefetch.clear();
         self.last_pop = None;
+        self.announced = None;
+    }
+
+    /// Notification data: the driver's next available position in `off_wrap` encoding (see
+    /// [`Queue::note_notification`](crate::Queue::note_notification)). An offset outside
+    /// the ring is ignored.
+    pub fn note_notification(&mut self, next: u16) {
+        let (pos, wrap) = split_off_wrap(next);
+        self.announced = (pos < self.size).then_some(Position { pos, wrap });
+    }
+
+    /// Flags reads not made thanks to notification data.
+    pub fn ring_reads_saved(&self) -> u64 {
+        self.reads_saved
+    }
+
+    /// How many descriptors from the next available position the driver announced in its
+    /// last notification: 0 when none, when the pops reached the announced position, or
+    /// when it is further ahead than the descriptors not in flight (a stale or wrong value,
+    /// which is then dropped).
+    fn announced_ahead(&mut self) -> u16 {
+        let Some(end) = self.announced else {
+            return 0;
+        };
+        let size = u32::from(self.size);
+        let lin = |p: Position| u32::from(p.pos) + if p.wrap { 0 } else { size };
+        let ahead = (lin(end) + 2 * size - lin(self.avail)) % (2 * size);
+        if ahead == 0 || ahead + self.in_flight_descs > size {
+            self.announced = None;
+            return 0;
+        }
+        // `ahead <= size <= 32768`.
+        ahead as u16
     }
 
     /// Sets the next used position from its `off_wrap` encoding, forgetting every buffer in
@@ -177,8 +217,22 @@ impl PackedRing {
 
     /// Whether the descriptor at the next available position is available. Reads its flags
     /// unless an earlier read showed it available.
+    /// With notification data, the announced descriptors stand in for that read, and so
+    /// does reaching the announced position (nothing more until the re-check after
+    /// notifications are re-enabled, which reads).
     pub fn has_available(&mut self, mem: &dyn HostMemory) -> Result<bool, QueueError> {
         if !self.prefetch.known_available() {
+            if let Some(end) = self.announced {
+                if end == self.avail {
+                    self.announced = None;
+                    self.reads_saved += 1;
+                    return Ok(false);
+                }
+                if self.announced_ahead() > 0 {
+                    self.reads_saved += 1;
+                    return Ok(true);
+                }
+            }
             let flags = mem.read_u16(self.desc_addr(self.avail.pos) + FLAGS_OFFSET)?;
             if !is_available(flags, self.avail.wrap) {
                 return Ok(false);
@@ -191,12 +245,18 @@ impl PackedRing {
     /// Makes the descriptor at the next available position trusted in the prefetch buffer:
     /// Acquire fence, then one block read from there (which is also the evidence for the
     /// heads after it).
+    ///
+    /// Descriptors the driver announced (notification data) were written before its
+    /// notification, so their contents in this read (which follows it) are usable as soon
+    /// as their flags show them available.
     fn fetch(&mut self, mem: &dyn HostMemory) -> Result<(), QueueError> {
+        let announced = self.announced_ahead();
         fence(Ordering::Acquire);
-        let n = self.prefetch.want().min(self.size - self.avail.pos);
+        let room = self.size - self.avail.pos;
+        let n = self.prefetch.want().max(announced).min(PREFETCH).min(room);
         let at = self.desc_addr(self.avail.pos);
         mem.read(at, self.prefetch.target(n))?;
-        self.prefetch.filled(n, self.avail.wrap);
+        self.prefetch.filled(n, self.avail.wrap, announced);
         Ok(())
     }
 
@@ -213,6 +273,12 @@ impl PackedRing {
                 return Ok(false);
             }
             self.fetch(mem)?;
+            if self.prefetch.trusted == 0 {
+                // Announced by notification data, but the flags say otherwise: the data
+                // was wrong; drop it (the ring decides).
+                self.announced = None;
+                return Ok(false);
+            }
         }
         let start = self.avail;
         // `fetch` left the descriptor at `start` trusted.
@@ -528,9 +594,11 @@ impl PackedRing {
         } else {
             self.write_device_flags(mem, RING_EVENT_FLAGS_ENABLE)?;
         }
-        // Order the stores above before re-reading the next descriptor's flags.
+        // Order the stores above before re-reading the next descriptor's flags, which are
+        // read whatever notification data said.
         fence(Ordering::SeqCst);
         self.prefetch.clear();
+        self.announced = None;
         self.has_available(mem)
     }
 

@@ -15,6 +15,11 @@
 //! after a head with NEXT (whose members are not heads). Flags torn between their two bytes
 //! cannot fake availability: AVAIL (low byte) is new only if the low byte is the new one,
 //! and the high byte (USED) is then either value consistent with "available".
+//!
+//! Notification data (VIRTIO_F_NOTIFICATION_DATA) is the other kind of evidence: the
+//! driver announces its next available position after writing everything before it, so
+//! the announced descriptors' contents are usable from the first read after the
+//! notification (their flags are still checked; a wrong announcement just ends the run).
 
 use super::format::{is_available, FLAGS_OFFSET};
 use crate::layout::DESC_SIZE;
@@ -93,22 +98,32 @@ impl Prefetch {
         u16::from_le_bytes([self.buf[o], self.buf[o + 1]])
     }
 
-    /// `n` descriptors were read into the buffer: what was pending becomes trusted, and the
-    /// descriptors after it are scanned for new evidence (`wrap`: the driver's wrap counter
-    /// for the whole block, which never crosses the ring's end).
-    pub fn filled(&mut self, n: u16, wrap: bool) {
+    /// `n` descriptors were read into the buffer: what was pending becomes trusted, then the
+    /// heads among the first `announced` descriptors (announced by the driver's notification
+    /// data, so written before this read) whose flags show them available, and the
+    /// descriptors after those are scanned for new evidence (`wrap`: the driver's wrap
+    /// counter for the whole block, which never crosses the ring's end).
+    pub fn filled(&mut self, n: u16, wrap: bool, announced: u16) {
         self.len = n;
         self.off = 0;
-        self.trusted = self.pending.min(n);
+        let seen = self.pending.min(n);
         self.pending = 0;
-        if self.trusted == 0 {
-            return;
-        }
         // A trusted head with NEXT is the last of its run: what follows are its members.
-        if self.flags(self.trusted - 1) & VIRTQ_DESC_F_NEXT != 0 {
+        let mut open = seen == 0 || self.flags(seen - 1) & VIRTQ_DESC_F_NEXT == 0;
+        let mut i = seen;
+        while open && i < announced.min(n) {
+            let f = self.flags(i);
+            if !is_available(f, wrap) {
+                open = false;
+                break;
+            }
+            i += 1;
+            open = f & VIRTQ_DESC_F_NEXT == 0;
+        }
+        self.trusted = i;
+        if self.trusted == 0 || !open {
             return;
         }
-        let mut i = self.trusted;
         while i < n {
             let f = self.flags(i);
             if !is_available(f, wrap) {

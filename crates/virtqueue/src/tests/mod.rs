@@ -3,6 +3,7 @@
 //! that no out-of-range access was ever attempted.
 
 mod events;
+mod notification_data;
 mod malformed;
 mod normal;
 mod packed;

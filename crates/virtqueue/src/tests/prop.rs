@@ -100,6 +100,8 @@ enum Op {
     EnableNotification,
     DisableNotification,
     SetUsedEvent(u16),
+    /// Notification data (any value: a driver's data is only a hint).
+    NoteNotification(u16),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -116,6 +118,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::EnableNotification),
         1 => Just(Op::DisableNotification),
         1 => any::<u16>().prop_map(Op::SetUsedEvent),
+        2 => any::<u16>().prop_map(Op::NoteNotification),
     ]
 }
 
@@ -275,6 +278,7 @@ fn run_random(r: &RandomRing) -> Result<(), TestCaseError> {
                 let _ = q.disable_notification().map_err(|e| errors.push(e));
             }
             Op::SetUsedEvent(v) => drv.set_used_event(v),
+            Op::NoteNotification(v) => q.note_notification(v),
         }
     }
     // Host memory errors would mean an access outside memory was attempted.

@@ -66,6 +66,8 @@ enum Op {
     DisableNotification,
     DriverEvent(u16, u16),
     SetNextAvail(u16),
+    /// Notification data (any value: a driver's data is only a hint).
+    NoteNotification(u16),
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -84,6 +86,7 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (any::<u16>(), prop_oneof![4 => 0u16..3, 1 => any::<u16>()])
             .prop_map(|(o, f)| Op::DriverEvent(o, f)),
         1 => any::<u16>().prop_map(Op::SetNextAvail),
+        2 => any::<u16>().prop_map(Op::NoteNotification),
     ]
 }
 
@@ -176,6 +179,7 @@ fn run_random(r: &RandomRing) -> Result<(), TestCaseError> {
                 let _ = q.disable_notification().map_err(|e| errors.push(e));
             }
             Op::DriverEvent(o, f) => drv.set_driver_event(o, f),
+            Op::NoteNotification(v) => q.note_notification(v),
             Op::SetNextAvail(v) => {
                 // Like a device restoring state: only while nothing is in flight.
                 if popped.is_empty() {
@@ -203,6 +207,7 @@ proptest! {
 fn run_round_trip(
     size: u16,
     event_idx: bool,
+    notification_data: bool,
     batches: &[(Vec<ChainSpec>, Vec<usize>)],
 ) -> Result<(), TestCaseError> {
     let mem = Arc::new(TestMemory::new(MEM_SIZE));
@@ -235,6 +240,10 @@ fn run_round_trip(
                 drv.add_chain(&bufs)
             };
             expected.push(tc);
+        }
+        if notification_data {
+            // What a driver with VIRTIO_F_NOTIFICATION_DATA sends with its kick.
+            q.note_notification(drv.avail_off_wrap());
         }
         let mut done = Vec::new();
         for tc in &expected {
@@ -292,11 +301,12 @@ proptest! {
     fn well_formed_packed_chains_round_trip(
         size in prop::sample::select(vec![4u16, 7, 8, 13, 16]),
         event_idx in any::<bool>(),
+        notification_data in any::<bool>(),
         batches in prop::collection::vec(
             (prop::collection::vec(chain_spec(), 1..=4), prop::collection::vec(any::<usize>(), 0..4)),
             1..=12,
         ),
     ) {
-        run_round_trip(size, event_idx, &batches)?;
+        run_round_trip(size, event_idx, notification_data, &batches)?;
     }
 }
