@@ -11,6 +11,7 @@ use crate::layout::{ModernLayout, Region, REGS_BAR};
 use crate::legacy_cfg::{self, LegacyRead, LegacyWrite};
 use crate::legacy_layout::{self, LegacyLayout};
 use crate::legacy_poll::{LegacyPollEngine, PollStats};
+use crate::notify_data::NotifyData;
 use crate::options::{FunctionOptions, IrqMode, Layout, OptionsError, RegisterAccess, RingFormat};
 use crate::pci_cfg_window::{PciCfgWindow, WindowAccess};
 use crate::poller::Poller;
@@ -38,6 +39,9 @@ pub const TRANSPORT_FEATURES: u64 =
 /// VIRTIO_F_RING_PACKED, offered with the modern layout unless
 /// [`RingFormat::Split`](crate::RingFormat::Split) is chosen.
 pub const RING_PACKED_FEATURE: u64 = 1 << epf_virtqueue::packed::format::VIRTIO_F_RING_PACKED;
+
+/// VIRTIO_F_NOTIFICATION_DATA (bit 38), offered with the modern layout: see `notify_data`.
+pub const NOTIFICATION_DATA_FEATURE: u64 = 1 << 38;
 
 /// Most queues a function has.
 const MAX_QUEUES: usize = 1024;
@@ -121,6 +125,9 @@ impl VirtioPciFunction {
         if options.layout == Layout::Modern && options.rings == RingFormat::Packed {
             offered |= RING_PACKED_FEATURE;
         }
+        if options.layout == Layout::Modern {
+            offered |= NOTIFICATION_DATA_FEATURE;
+        }
         let num_queues = sizes.len() as u16;
         let vectors = match options.irq {
             IrqMode::Msix => num_queues.saturating_add(1).min(features.irq.msix_vectors),
@@ -167,6 +174,7 @@ impl VirtioPciFunction {
             stats: FunctionStats::new(sizes.len()),
             epc: epc.clone(),
             reset_done: Condvar::new(),
+            notify_data: NotifyData::new(sizes.len()),
         });
         let worker = WorkerHandle::spawn(device, shared.clone(), sizes.len())?;
         let dispatch = Arc::new(Dispatcher::new(
@@ -251,13 +259,20 @@ impl VirtioPciFunction {
         }
     }
 
-    fn notify(&self, off: u64) {
+    /// A write of `data` to the notify area at `off`: a kick of the queue whose address it
+    /// is, with its notification data (kept before the kick, which the worker takes after)
+    /// when the write is the 32 bits VIRTIO_F_NOTIFICATION_DATA makes it.
+    fn notify(&self, off: u64, data: &[u8]) {
         let m = crate::layout::NOTIFY_OFF_MULTIPLIER as u64;
         if off % m != 0 {
             log::debug!("ignored notification at {off:#x}");
             return;
         }
-        self.dispatch.kick((off / m) as usize);
+        let q = (off / m) as usize;
+        if let Ok(v) = <[u8; 4]>::try_from(data) {
+            self.shared.notify_data.store(q, u32::from_le_bytes(v));
+        }
+        self.dispatch.kick(q);
     }
 
     fn legacy_read(&self, offset: u64, data: &mut [u8]) {
@@ -344,7 +359,7 @@ impl FunctionHandler for VirtioPciFunction {
         };
         match layout.region_at(offset) {
             Some((Region::Common, off)) => self.common_write(off, data),
-            Some((Region::Notify, off)) => self.notify(off),
+            Some((Region::Notify, off)) => self.notify(off, data),
             Some((Region::Device, off)) if !self.shared.config.write(off, data) => {
                 log::debug!("ignored write to read-only device config at {off:#x}")
             }

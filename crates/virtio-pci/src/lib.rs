@@ -27,6 +27,7 @@ mod layout;
 mod legacy_cfg;
 pub mod legacy_layout;
 pub mod legacy_poll;
+mod notify_data;
 mod options;
 mod pci_cfg_window;
 mod poller;

@@ -3,6 +3,7 @@
 //! the worker and the poller each hold it; none of them owns another.
 
 use crate::interrupt::Interrupt;
+use crate::notify_data::NotifyData;
 use crate::registers::Registers;
 use crate::stats::FunctionStats;
 use epf_device::DeviceConfig;
@@ -18,6 +19,8 @@ pub(crate) struct Shared {
     pub(crate) epc: Arc<dyn EndpointController>,
     /// Signalled by the worker when a reset completes.
     pub(crate) reset_done: Condvar,
+    /// The latest VIRTIO_F_NOTIFICATION_DATA value of each queue.
+    pub(crate) notify_data: NotifyData,
 }
 
 impl Shared {

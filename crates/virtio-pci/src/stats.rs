@@ -12,6 +12,8 @@ pub struct QueueStats {
     pub chains: AtomicU64,
     pub descriptors: AtomicU64,
     pub bytes: AtomicU64,
+    /// Ring reads that notification data made unnecessary (VIRTIO_F_NOTIFICATION_DATA).
+    pub ring_reads_saved: AtomicU64,
 }
 
 /// Per-function counters.
@@ -40,7 +42,8 @@ impl FunctionStats {
 }
 
 /// `function: bar_reads=.. bar_writes=.. activations=.. resets=.. needs_reset=.. config_irqs=..`,
-/// then `queue N: chains=.. descriptors=.. bytes=.. notifications=.. interrupts=..` per queue.
+/// then `queue N: chains=.. descriptors=.. bytes=.. notifications=.. interrupts=..
+/// ring_reads_saved=..` per queue.
 impl CounterSource for FunctionStats {
     fn report(&self, out: &mut Counters) {
         out.line("function")
@@ -56,7 +59,8 @@ impl CounterSource for FunctionStats {
                 .field("descriptors", get(&q.descriptors))
                 .field("bytes", get(&q.bytes))
                 .field("notifications", get(&q.notifications))
-                .field("interrupts", get(&q.interrupts));
+                .field("interrupts", get(&q.interrupts))
+                .field("ring_reads_saved", get(&q.ring_reads_saved));
         }
     }
 }

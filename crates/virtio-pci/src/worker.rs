@@ -6,6 +6,7 @@
 //! into the device it turns pending used buffers into interrupts, so completions made during
 //! one call share one interrupt per queue.
 
+use crate::function::NOTIFICATION_DATA_FEATURE;
 use crate::registers::Activation;
 use crate::shared::Shared;
 use epf_device::{DeviceContext, DeviceError, VirtioDevice, Waker};
@@ -147,8 +148,8 @@ struct Worker {
     kicks: Vec<EventFd>,
     epoll: Epoll,
     active: Option<Active>,
-    /// Last (chains, descriptors, bytes) seen per queue, to publish deltas.
-    last: Vec<(u64, u64, u64)>,
+    /// Last (chains, descriptors, bytes, ring reads saved) seen per queue, to publish deltas.
+    last: Vec<(u64, u64, u64, u64)>,
 }
 
 enum Event {
@@ -205,6 +206,8 @@ impl Worker {
 
     fn activate(&mut self, a: Activation) {
         self.deactivate();
+        // Values sent before this activation describe rings that are gone.
+        self.shared.notify_data.clear();
         let memory = self.shared.epc.host_memory();
         let event_idx = a.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let packed = a.features & crate::function::RING_PACKED_FEATURE != 0;
@@ -225,7 +228,7 @@ impl Worker {
                 },
             }
         }
-        self.last = vec![(0, 0, 0); queues.len()];
+        self.last = vec![(0, 0, 0, 0); queues.len()];
         log::debug!(
             "activation {}: features {:#x}, queue vectors {:?}",
             a.epoch,
@@ -300,7 +303,12 @@ impl Worker {
                 Ok(())
             }),
             Event::Notify(q) => {
-                if ctx.try_queue(q).is_some() {
+                let data = self.shared.notify_data.take(q);
+                if let Some(queue) = ctx.try_queue(q) {
+                    if let Some(next) = data.filter(|_| a.features & NOTIFICATION_DATA_FEATURE != 0)
+                    {
+                        queue.note_notification(next);
+                    }
                     self.device.queue_notify(q, &mut ctx)
                 } else {
                     Ok(())
@@ -384,14 +392,21 @@ impl Worker {
             let Some(q) = q else { continue };
             let st = &self.shared.stats.queues[i];
             let qs = q.stats();
-            let (c, d, b) = self.last[i];
+            let (c, d, b, r) = self.last[i];
             st.chains
                 .fetch_add(qs.chains_popped.saturating_sub(c), Ordering::Relaxed);
             st.descriptors
                 .fetch_add(qs.descriptors.saturating_sub(d), Ordering::Relaxed);
             st.bytes
                 .fetch_add(qs.bytes.saturating_sub(b), Ordering::Relaxed);
-            self.last[i] = (qs.chains_popped, qs.descriptors, qs.bytes);
+            st.ring_reads_saved
+                .fetch_add(qs.ring_reads_saved.saturating_sub(r), Ordering::Relaxed);
+            self.last[i] = (
+                qs.chains_popped,
+                qs.descriptors,
+                qs.bytes,
+                qs.ring_reads_saved,
+            );
             if q.needs_interrupt().map_err(DeviceError::queue(i))? {
                 let raised = self.shared.interrupt.signal_queue(a.vectors[i]);
                 log::debug!(

@@ -19,7 +19,8 @@ const STATUS_ALL_OK: u8 =
 const TRANSPORT: u64 = feature(VIRTIO_F_VERSION_1)
     | feature(VIRTIO_F_INDIRECT_DESC)
     | feature(VIRTIO_F_EVENT_IDX)
-    | feature(VIRTIO_F_RING_PACKED);
+    | feature(VIRTIO_F_RING_PACKED)
+    | feature(VIRTIO_F_NOTIFICATION_DATA);
 const CONFIG_VECTOR: u16 = 0;
 
 /// MSI-X on, everything offered accepted, config vector 0, queue `i` on vector `i + 1`.
@@ -794,4 +795,58 @@ fn buffers_added_during_rearm_are_not_stranded() {
         drop(q0);
         rig.finish();
     });
+}
+
+/// VIRTIO_F_NOTIFICATION_DATA on both ring formats: the driver's 32-bit kicks carry its next
+/// available index (split) or position and wrap counter (packed); the device uses it in
+/// place of a ring read (counted) and still completes every request. A stale value, or one
+/// naming another queue, costs the hint only: the ring decides. (A value ahead of what the
+/// driver made available is the driver corrupting its own queue; the engine's tests show
+/// it ends in DEVICE_NEEDS_RESET, never outside host memory.)
+#[test]
+fn notification_data_saves_ring_reads_and_a_wrong_value_is_only_a_hint() {
+    for packed in [false, true] {
+        bounded(LIMIT, move || {
+            let (dev, _probe) = TestDevice::boxed();
+            let rig = rig(dev);
+            let mut drv = rig.driver();
+            assert!(drv.enable_msix());
+            let want = if packed {
+                u64::MAX
+            } else {
+                !feature(VIRTIO_F_RING_PACKED)
+            };
+            let features = drv.init(want).unwrap();
+            assert_ne!(features & feature(VIRTIO_F_NOTIFICATION_DATA), 0);
+            drv.set_config_vector(CONFIG_VECTOR).unwrap();
+            let mut q0 = drv.setup_queue(0, None, Some(1)).unwrap();
+            let _q1 = drv.setup_queue(1, None, Some(2)).unwrap();
+            drv.driver_ok();
+            // Past the ring's end more than once (queue size 256), so wrap counters and the
+            // 16-bit index wrap are both exercised.
+            for _ in 0..600 {
+                fill_request(&rig, &mut q0, 16);
+            }
+            let saved = rig.f.stats().queues[0]
+                .ring_reads_saved
+                .load(Ordering::Relaxed);
+            assert!(saved >= 600, "packed={packed}: {saved} ring reads saved");
+            // A stale value (what was announced before this buffer was added: the device
+            // has popped up to it) and data naming queue 1 at queue 0's address: neither
+            // hides the new buffer, which the re-check after re-enabling notifications reads.
+            let (bar, off) = q0.notify_location();
+            let bus = rig.c.host();
+            let buf = bus.alloc(16, 8).unwrap();
+            let stale = q0.notification_next();
+            let head = q0.add(&[(buf, 16, true)]).unwrap();
+            bus.bar_write32(bar, off, u32::from(stale) << 16);
+            assert_eq!(q0.wait_used_for(WAIT).unwrap(), (head, 16));
+            let head = q0.add(&[(buf, 16, true)]).unwrap();
+            bus.bar_write32(bar, off, u32::from(q0.notification_next()) << 16 | 1);
+            assert_eq!(q0.wait_used_for(WAIT).unwrap(), (head, 16));
+            fill_request(&rig, &mut q0, 16);
+            assert_eq!(rig.f.stats().needs_reset.load(Ordering::Relaxed), 0);
+            rig.finish();
+        });
+    }
 }

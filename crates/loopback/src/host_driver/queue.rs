@@ -40,6 +40,8 @@ pub(crate) struct QueueParams {
     pub event_idx: bool,
     pub indirect: bool,
     pub packed: bool,
+    /// VIRTIO_F_NOTIFICATION_DATA: notifications carry the next available index/position.
+    pub notification_data: bool,
     pub timeout: Duration,
 }
 
@@ -81,6 +83,7 @@ pub struct HostQueue {
     msix_vector: Option<u16>,
     pub(super) event_idx: bool,
     indirect: bool,
+    notification_data: bool,
     timeout: Duration,
     /// Shadow of each descriptor's `next` (the free list and chain links).
     next: Vec<u16>,
@@ -112,6 +115,7 @@ impl HostQueue {
             msix_vector: p.msix_vector,
             event_idx: p.event_idx,
             indirect: p.indirect,
+            notification_data: p.notification_data,
             timeout: p.timeout,
             next: (1..=n).map(|i| (i % n) as u16).collect(),
             chains: vec![None; n],
@@ -167,6 +171,7 @@ impl HostQueue {
             notify_bar: u8::MAX,
             notify_offset: 0,
             msix_vector: None,
+            notification_data: false,
             event_idx,
             indirect,
             packed,
@@ -441,10 +446,29 @@ impl HostQueue {
         })
     }
 
-    /// Writes the queue index (16 bits) to the queue's notification address.
+    /// Writes the queue index (16 bits) to the queue's notification address, or with
+    /// VIRTIO_F_NOTIFICATION_DATA 32 bits: the index, and above it the next available index
+    /// (split) or position with the wrap counter in bit 15 (packed), spec 4.1.5.2.
     pub fn notify(&self) {
-        self.bus
-            .bar_write16(self.notify_bar, self.notify_offset, self.index);
+        if self.notification_data {
+            self.bus.bar_write32(
+                self.notify_bar,
+                self.notify_offset,
+                u32::from(self.index) | u32::from(self.notification_next()) << 16,
+            );
+        } else {
+            self.bus
+                .bar_write16(self.notify_bar, self.notify_offset, self.index);
+        }
+    }
+
+    /// What a notification with data announces: the next available index (split) or
+    /// position | wrap counter << 15 (packed).
+    pub fn notification_next(&self) -> u16 {
+        match &self.packed {
+            Some(p) => p.next_avail | u16::from(p.avail_wrap) << 15,
+            None => self.avail_idx_shadow,
+        }
     }
 
     /// `virtqueue_kick`: notifies if [`kick_prepare`](Self::kick_prepare) says so; returns

@@ -391,6 +391,7 @@ impl VirtioPciDriver {
             event_idx: features & feature(VIRTIO_F_EVENT_IDX) != 0,
             indirect: features & feature(VIRTIO_F_INDIRECT_DESC) != 0,
             packed,
+            notification_data: features & feature(VIRTIO_F_NOTIFICATION_DATA) != 0,
             timeout: self.timeout,
         })
     }

@@ -527,13 +527,18 @@ virtio_dir() { ls -d /sys/bus/pci/devices/$1/virtio* 2>/dev/null | head -n1; }
 has_feature() { local f; f=$(cat "$1/features"); [ "${f:$2:1}" = 1 ]; }
 lacks_feature() { ! has_feature "$@"; }
 # The ring format of the virtio device below PCI function $1 is the one the suite's mode
-# expects: VIRTIO_F_RING_PACKED (bit 34) negotiated when PACKED=1, absent otherwise.
+# expects: VIRTIO_F_RING_PACKED (bit 34) negotiated when PACKED=1, absent otherwise; with
+# the modern layout also VIRTIO_F_NOTIFICATION_DATA (bit 38).
 check_rings() {
     local v; v=$(virtio_dir "$1"); [ -n "$v" ] || fail "no virtio device below $1"
     if [ "$PACKED" = 1 ]; then
         check "VIRTIO_F_RING_PACKED negotiated ($1)" has_feature "$v" 34
     else
         check "split rings ($1): VIRTIO_F_RING_PACKED not negotiated" lacks_feature "$v" 34
+    fi
+    # Notification data: offered with the modern layout; Linux takes it since 6.4.
+    if [ "$LEGACY" = 0 ]; then
+        check "VIRTIO_F_NOTIFICATION_DATA negotiated ($1)" has_feature "$v" 38
     fi
 }
 "#;

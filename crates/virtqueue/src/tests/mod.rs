@@ -3,9 +3,9 @@
 //! that no out-of-range access was ever attempted.
 
 mod events;
-mod notification_data;
 mod malformed;
 mod normal;
+mod notification_data;
 mod packed;
 mod prop;
 

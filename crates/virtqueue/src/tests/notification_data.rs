@@ -26,7 +26,10 @@ fn drain(q: &mut Queue) -> Vec<u16> {
     let mut heads = Vec::new();
     while q.pop(&mut c).expect("pop") {
         heads.push(c.head());
-        assert!(heads.len() <= usize::from(q.size()), "popped more than the ring holds");
+        assert!(
+            heads.len() <= usize::from(q.size()),
+            "popped more than the ring holds"
+        );
     }
     heads
 }
@@ -87,7 +90,10 @@ fn split_stale_or_out_of_window_data_is_ignored() {
     assert_eq!(drain(&mut q).len(), 3);
     let h = drv.add_chain(&[Buf::Writable(4)]).head;
     // Behind what was popped (a late notification), then further ahead than the ring.
-    for stale in [drv.avail_idx().wrapping_sub(3), drv.avail_idx().wrapping_add(9)] {
+    for stale in [
+        drv.avail_idx().wrapping_sub(3),
+        drv.avail_idx().wrapping_add(9),
+    ] {
         q.note_notification(stale);
         let saved = q.stats().ring_reads_saved;
         let got = drain(&mut q);
@@ -219,7 +225,7 @@ fn packed_data_across_wrap_around_at_several_sizes() {
             q.note_notification(drv.avail_off_wrap());
             let reads = q.stats().ring_reads_saved;
             assert_eq!(drain(&mut q), expect, "size {size} round {round}");
-            assert!(q.stats().ring_reads_saved >= reads + 1);
+            assert!(q.stats().ring_reads_saved > reads);
             let used: Vec<(u16, u32)> = expect.iter().map(|&h| (h, 1)).collect();
             q.add_used_many(&used).unwrap();
             for &h in &expect {
