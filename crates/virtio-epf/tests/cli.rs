@@ -113,10 +113,6 @@ fn impossible_endpoint_modes_are_refused_with_the_reason() {
             &["--irq", "msi"],
             "a controller with only MSI must use INTx",
         ),
-        (
-            &["--notify", "poll"],
-            "polled notifications are implemented for the legacy layout",
-        ),
     ] {
         let mut all = vec!["rng", "--vfio-user", sock];
         all.extend_from_slice(args);

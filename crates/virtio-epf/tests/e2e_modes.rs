@@ -113,3 +113,31 @@ check "INTx interrupts arrived" sh -c "grep IO-APIC /proc/interrupts | grep virt
     assert!(Daemon::counter(&stats, "link", "irqs") > 0, "{stats}");
     assert!(d.stop().success());
 }
+
+/// Polled notifications on the modern layout (`--notify poll`): the notify area is memory
+/// mapped into the guest, so the driver's kicks are plain stores that reach the endpoint
+/// with no vfio-user message at all; the notify page poller finds them.
+#[test]
+fn console_with_a_polled_notify_page_moves_a_mebibyte_each_way() {
+    let _one = one_guest();
+    let (d, backend) = console_daemon("notify-poll-console", &["--notify", "poll"]);
+    let g = Guest::new(&[&d]);
+    console_roundtrip(
+        &g,
+        "notify-poll-console",
+        &backend,
+        "0x1af4:0x1043",
+        1 << 20,
+        "",
+        "",
+    );
+    let stats = d.stats_text();
+    println!("{stats}");
+    assert!(
+        Daemon::counter(&stats, "notify_poll", "kicks") > 0,
+        "{stats}"
+    );
+    // With a doorbell every kick is a REGION_WRITE message; here there is none.
+    assert_eq!(Daemon::counter(&stats, "link", "doorbells"), 0, "{stats}");
+    assert!(d.stop().success());
+}

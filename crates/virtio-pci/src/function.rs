@@ -12,7 +12,10 @@ use crate::legacy_cfg::{self, LegacyRead, LegacyWrite};
 use crate::legacy_layout::{self, LegacyLayout};
 use crate::legacy_poll::{LegacyPollEngine, PollStats};
 use crate::notify_data::NotifyData;
-use crate::options::{FunctionOptions, IrqMode, Layout, OptionsError, RegisterAccess, RingFormat};
+use crate::notify_poll::{self, NotifyPoller};
+use crate::options::{
+    FunctionOptions, IrqMode, Layout, NotifyMode, OptionsError, RegisterAccess, RingFormat,
+};
 use crate::pci_cfg_window::{PciCfgWindow, WindowAccess};
 use crate::poller::Poller;
 use crate::registers::Registers;
@@ -86,6 +89,8 @@ pub struct VirtioPciFunction {
     device_type: u32,
     /// The poller, with polled registers.
     poller: OnceLock<Poller>,
+    /// The notify page poller, with polled notifications on the modern layout.
+    notify_poller: OnceLock<NotifyPoller>,
     /// The device's own counters, if it has any.
     device_stats: Option<Arc<dyn CounterSource>>,
 }
@@ -137,6 +142,7 @@ impl VirtioPciFunction {
             Layout::Modern => {
                 let mut layout = ModernLayout::new(num_queues, &features);
                 layout.msix_vectors = vectors;
+                layout.notify_polled = options.notify == NotifyMode::Poll;
                 let spec = layout.function_spec(device_type);
                 let pci_cfg_offset = *capability_offsets(&spec.capabilities)
                     .last()
@@ -189,6 +195,7 @@ impl VirtioPciFunction {
             options,
             device_type,
             poller: OnceLock::new(),
+            notify_poller: OnceLock::new(),
             device_stats,
         });
         epc.start(spec, f.clone())?;
@@ -202,6 +209,15 @@ impl VirtioPciFunction {
             engine.prime(&page).map_err(FunctionError::RegisterPage)?;
             let poller = Poller::start(f.dispatch.clone(), page, engine, options.irq)?;
             let _ = f.poller.set(poller);
+        }
+        if options.layout == Layout::Modern && options.notify == NotifyMode::Poll {
+            let page = epc
+                .bar_memory(REGS_BAR)
+                .ok_or(EpcError::Unsupported("shared memory behind BAR 0"))?;
+            let base = crate::layout::NOTIFY_OFFSET;
+            notify_poll::prime(&page, base, sizes.len()).map_err(FunctionError::RegisterPage)?;
+            let poller = NotifyPoller::start(f.dispatch.clone(), page, base, sizes.len())?;
+            let _ = f.notify_poller.set(poller);
         }
         Ok(f)
     }
@@ -234,6 +250,9 @@ impl VirtioPciFunction {
     /// Stops the poller and the worker thread (the function stops serving queues).
     pub fn stop(&self) {
         if let Some(p) = self.poller.get() {
+            p.stop();
+        }
+        if let Some(p) = self.notify_poller.get() {
             p.stop();
         }
         self.dispatch.stop();
@@ -308,12 +327,16 @@ impl VirtioPciFunction {
     }
 }
 
-/// The function's counters, then the poller's (with polled registers), then the device's.
+/// The function's counters, then the pollers' (with polled registers or notifications), then
+/// the device's.
 impl CounterSource for VirtioPciFunction {
     fn report(&self, out: &mut Counters) {
         out.add(&self.shared.stats);
         if let Some(p) = self.poller.get() {
             out.add(&p.stats());
+        }
+        if let Some(p) = self.notify_poller.get() {
+            out.add(p.stats.as_ref());
         }
         if let Some(d) = &self.device_stats {
             out.add(d.as_ref());

@@ -53,6 +53,8 @@ pub struct ModernLayout {
     pub msix_vectors: u16,
     /// Whether notifications arrive as doorbells (posted writes) rather than trapped writes.
     pub notify_doorbell: bool,
+    /// Whether the notify area is plain memory the endpoint polls (`notify_poll.rs`).
+    pub notify_polled: bool,
 }
 
 fn round_up(v: u64, to: u64) -> u64 {
@@ -68,6 +70,7 @@ impl ModernLayout {
             num_queues,
             msix_vectors: wanted.min(epc.irq.msix_vectors),
             notify_doorbell: epc.doorbells,
+            notify_polled: false,
         }
     }
 
@@ -118,7 +121,9 @@ impl ModernLayout {
 
     /// Everything the host will see of the function.
     pub fn function_spec(&self, device_type: u32) -> FunctionSpec {
-        let notify_kind = if self.notify_doorbell {
+        let notify_kind = if self.notify_polled {
+            AreaKind::Memory
+        } else if self.notify_doorbell {
             AreaKind::Doorbell
         } else {
             AreaKind::Trapped

@@ -28,6 +28,7 @@ mod legacy_cfg;
 pub mod legacy_layout;
 pub mod legacy_poll;
 mod notify_data;
+mod notify_poll;
 mod options;
 mod pci_cfg_window;
 mod poller;

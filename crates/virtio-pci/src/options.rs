@@ -36,7 +36,9 @@ pub enum NotifyMode {
     /// A host write to the notify area raises an event at the endpoint.
     #[default]
     Doorbell,
-    /// The endpoint polls, with adaptive back-off (legacy layout, polled registers).
+    /// The endpoint polls, with adaptive back-off: QUEUE_NOTIFY in the legacy layout's
+    /// polled register page, or with the modern layout a notify page of plain memory (one
+    /// slot per queue; the host's kicks cost a memory write, not a trapped access).
     Poll,
 }
 
@@ -100,8 +102,6 @@ pub enum OptionsError {
     PolledDoorbell,
     #[error("INTx needs the ISR register to clear on read, which polled memory cannot do; use MSI-X or trapped registers")]
     PolledIntx,
-    #[error("polled notifications are implemented for the legacy layout with polled registers; the modern layout uses a doorbell or trapped notify area")]
-    ModernPolledNotify,
     #[error("this controller has no MSI-X; use INTx")]
     NoMsix,
     // The virtio PCI transport has vectors only for MSI-X (msix_config, queue_msix_vector)
@@ -137,8 +137,8 @@ impl FunctionOptions {
                 return Err(OptionsError::PolledIntx);
             }
         }
-        if self.layout == Layout::Modern && self.notify == NotifyMode::Poll {
-            return Err(OptionsError::ModernPolledNotify);
+        if self.layout == Layout::Modern && self.notify == NotifyMode::Poll && !f.shared_memory {
+            return Err(OptionsError::NoSharedMemory);
         }
         match self.irq {
             IrqMode::Msix if f.irq.msix_vectors == 0 => Err(OptionsError::NoMsix),
@@ -243,5 +243,26 @@ mod tests {
             // A library names options, not a command's flags.
             assert!(!e.to_string().contains("--"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_polled_notify_page_on_the_modern_layout_needs_shared_memory() {
+        let modern = EpcFeatures {
+            vendor_capabilities: true,
+            trapped_access: true,
+            doorbells: true,
+            ..bare()
+        };
+        let o = FunctionOptions {
+            notify: NotifyMode::Poll,
+            ..FunctionOptions::default()
+        };
+        assert_eq!(o.check(&modern), Ok(()));
+        let no_memory = EpcFeatures {
+            shared_memory: false,
+            ..modern
+        };
+        assert_eq!(o.check(&no_memory), Err(OptionsError::NoSharedMemory));
+        assert_eq!(FunctionOptions::default().check(&no_memory), Ok(()));
     }
 }

@@ -64,6 +64,18 @@ impl Rig {
         Rig { c, f }
     }
 
+    /// `device` presented with `options` on a loopback controller with `opts`.
+    pub fn with_function_options(
+        opts: LoopbackOptions,
+        device: Box<dyn VirtioDevice>,
+        options: crate::FunctionOptions,
+    ) -> Rig {
+        let c = Arc::new(LoopbackController::new(opts).expect("loopback controller"));
+        let epc: Arc<dyn EndpointController> = c.clone();
+        let f = VirtioPciFunction::start_with(epc, device, options).expect("start the function");
+        Rig { c, f }
+    }
+
     /// The host's view of the link.
     pub fn bus(&self) -> HostBus {
         self.c.host()
