@@ -2,7 +2,8 @@
 # What each bare-endpoint constraint costs: one guest, five virtio-epf blk disks on copies of
 # the same image -- modern/trapped (the reference), legacy/polled registers+notifications,
 # legacy/trapped registers with QUEUE_NOTIFY as the doorbell, modern through 4 x 64 KiB
-# outbound windows, and legacy/polled through the windows -- and the
+# outbound windows, legacy/polled through the windows, and modern/trapped with a polled notify
+# page (--notify poll: kicks are memory writes, no vfio-user message) -- and the
 # same fio rows as bench/blk.sh on each, printed with the ratio to the reference.
 # Usage: bench/modes.sh [--runtime SEC]   (not part of the test suite)
 set -Eeuo pipefail
@@ -14,10 +15,11 @@ source scripts/lib.sh
 epf_setup modes
 work=$EPF_WORK
 head -c $((256 << 20)) /dev/urandom >"$work/base.img"
-names=(trapped poll legacy-doorbell windows poll+windows)
+names=(trapped poll legacy-doorbell windows poll+windows notify-poll)
 modes=("" "--layout legacy --registers poll --notify poll" "--layout legacy --registers trap --notify doorbell"
 	"--host-windows 4 --window-size 65536"
-	"--layout legacy --registers poll --notify poll --host-windows 4 --window-size 65536")
+	"--layout legacy --registers poll --notify poll --host-windows 4 --window-size 65536"
+	"--notify poll")
 for i in "${!names[@]}"; do
 	cp "$work/base.img" "$work/d$i.img"
 	# shellcheck disable=SC2086 # the mode is a list of options

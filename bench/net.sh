@@ -20,9 +20,10 @@
 # virtio-epf relative to the QEMU configuration, oriented so that > 1.0 means virtio-epf is
 # better (throughputs: epf / qemu; latency: qemu / epf).
 #
-# With NET_BENCH_MODES (a list of legacy-poll, legacy-doorbell, windows, split) virtio-epf also
-# runs in those modes (the options of the e2e suites' modes; split: --rings split, the default
-# negotiating packed rings); their ratio columns are relative to virtio-epf in the default mode
+# With NET_BENCH_MODES (a list of legacy-poll, legacy-doorbell, windows, split, notify-poll)
+# virtio-epf also runs in those modes (the options of the e2e suites' modes; split: --rings
+# split, the default negotiating packed rings; notify-poll: --notify poll, the modern layout
+# with a polled notify page); their ratio columns are relative to virtio-epf in the default mode
 # (modern, trapped registers, doorbell, packed rings): the cost of each constraint.
 #
 # Usage: bench/net.sh            (root; 2 cores is enough, the guest is TCG like the tests)
@@ -118,6 +119,7 @@ run_config() {
 		epf-legacy-doorbell) mode=(--layout legacy --registers trap --notify doorbell) ;;
 		epf-windows) mode=(--host-windows 4 --window-size 65536) ;;
 		epf-split) mode=(--rings split) ;;
+		epf-notify-poll) mode=(--notify poll) ;;
 		*) echo "bench/net.sh: unknown configuration $name" >&2; exit 1 ;;
 		esac
 		EPF_WRAP=(ip netns exec "$NS")

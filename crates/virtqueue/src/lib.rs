@@ -39,6 +39,7 @@ mod error;
 pub mod layout;
 pub mod packed;
 mod queue;
+mod split_cache;
 mod walk;
 
 #[cfg(any(test, feature = "testing"))]

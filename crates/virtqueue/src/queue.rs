@@ -26,6 +26,7 @@
 
 use crate::layout::{self, Ring};
 use crate::packed::PackedRing;
+use crate::split_cache::SplitCache;
 use crate::walk::walk_chain;
 use crate::{DescriptorChain, QueueError};
 use epf_epc::{HostMemError, HostMemory};
@@ -89,6 +90,8 @@ pub struct Queue {
     unsignalled: u32,
     /// Descriptors and bytes of the last pop, for `undo_pop`.
     last_pop: Option<(u32, u64)>,
+    /// Available entries and descriptors read in batches (split ring).
+    cache: Box<SplitCache>,
     stats: QueueStats,
 }
 
@@ -157,6 +160,7 @@ impl Queue {
             used_flags: 0,
             unsignalled: 0,
             last_pop: None,
+            cache: Box::new(SplitCache::new()),
             stats: QueueStats::default(),
         })
     }
@@ -190,6 +194,7 @@ impl Queue {
             used_flags: 0,
             unsignalled: 0,
             last_pop: None,
+            cache: Box::new(SplitCache::new()),
             stats: QueueStats::default(),
         })
     }
@@ -247,6 +252,7 @@ impl Queue {
         }
         self.next_avail = idx;
         self.avail_idx = idx;
+        self.cache.invalidate();
         self.announced = None;
         self.last_pop = None;
     }
@@ -297,6 +303,9 @@ impl Queue {
                 size: self.cfg.size,
             });
         }
+        if idx != self.avail_idx {
+            self.cache.invalidate();
+        }
         self.avail_idx = idx;
         Ok(())
     }
@@ -322,6 +331,9 @@ impl Queue {
                 // Acquire pairs with the notification's delivery like the avail.idx read's.
                 Some(next) if next.wrapping_sub(self.next_avail) <= self.cfg.size => {
                     fence(Ordering::Acquire);
+                    if next != self.avail_idx {
+                        self.cache.invalidate();
+                    }
                     self.avail_idx = next;
                     self.stats.ring_reads_saved += 1;
                 }
@@ -350,12 +362,21 @@ impl Queue {
                 return Ok(false);
             }
             let size = self.cfg.size;
-            let head = self.mem.read_u16(layout::avail_entry_addr(
+            let head = self.cache.avail_entry(
+                &*self.mem,
                 self.cfg.avail_addr,
                 size,
                 self.next_avail,
-            ))?;
-            walk_chain(&*self.mem, self.cfg.desc_addr, size, head, chain)?;
+                self.avail_idx,
+            )?;
+            walk_chain(
+                &*self.mem,
+                self.cfg.desc_addr,
+                size,
+                head,
+                chain,
+                &mut self.cache.descs,
+            )?;
             self.next_avail = self.next_avail.wrapping_add(1);
         }
         let descs = chain.descriptor_count();
@@ -453,14 +474,26 @@ impl Queue {
         if elems.is_empty() {
             return Ok(());
         }
+        // Consecutive elements in one write each run: up to the ring's end, at most
+        // USED_BATCH at a time.
+        const USED_BATCH: usize = 32;
+        const ELEM: usize = layout::USED_ELEM_SIZE as usize;
         let mut idx = self.next_used;
-        for &(head, len) in elems {
-            let mut elem = [0u8; layout::USED_ELEM_SIZE as usize];
-            elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
-            elem[4..].copy_from_slice(&len.to_le_bytes());
-            self.mem
-                .write(layout::used_elem_addr(self.cfg.used_addr, size, idx), &elem)?;
-            idx = idx.wrapping_add(1);
+        let mut rest = elems;
+        while !rest.is_empty() {
+            let to_end = usize::from(size - idx % size);
+            let (run, tail) = rest.split_at(rest.len().min(USED_BATCH).min(to_end));
+            let mut buf = [0u8; USED_BATCH * ELEM];
+            for (&(head, len), e) in run.iter().zip(buf.chunks_exact_mut(ELEM)) {
+                e[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+                e[4..].copy_from_slice(&len.to_le_bytes());
+            }
+            self.mem.write(
+                layout::used_elem_addr(self.cfg.used_addr, size, idx),
+                &buf[..run.len() * ELEM],
+            )?;
+            idx = idx.wrapping_add(run.len() as u16);
+            rest = tail;
         }
         fence(Ordering::Release);
         self.mem

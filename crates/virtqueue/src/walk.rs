@@ -271,13 +271,15 @@ impl<'a> Walk<'a> {
 }
 
 /// Walks the chain starting at descriptor `head` of the table at `desc_table` (`size` entries,
-/// range already checked) into `chain`.
+/// range already checked) into `chain`. `cache` holds a block of that table the caller
+/// knows is current for this chain (see `split_cache`), or nothing.
 pub(crate) fn walk_chain(
     mem: &dyn HostMemory,
     desc_table: u64,
     size: u16,
     head: u16,
     chain: &mut DescriptorChain,
+    cache: &mut BlockCache,
 ) -> Result<(), QueueError> {
     chain.reset(head);
     if head >= size {
@@ -287,7 +289,6 @@ pub(crate) fn walk_chain(
         base: desc_table,
         entries: u32::from(size),
     };
-    let mut cache = BlockCache::new();
     let mut walk = Walk::new(mem, head);
     let mut idx = head;
     let mut visited = 0u32;
@@ -299,7 +300,8 @@ pub(crate) fn walk_chain(
         chain.count_descriptor();
         let d = cache.get(mem, table, u32::from(idx))?;
         if d.is_indirect() {
-            return walk.indirect(&d, &mut cache, chain);
+            // The indirect table gets a cache of its own: the direct table's block stays.
+            return walk.indirect(&d, &mut BlockCache::new(), chain);
         }
         walk.data(&d, chain)?;
         if !d.has_next() {

@@ -8,6 +8,7 @@ mod normal;
 mod notification_data;
 mod packed;
 mod prop;
+mod split_batch;
 
 use crate::testing::{DriverRing, TestMemory};
 use crate::{DescriptorChain, Queue};
