@@ -18,6 +18,7 @@
 //! [`EndpointController`]: epf_epc::EndpointController
 //! [`FunctionHandler`]: epf_epc::FunctionHandler
 
+mod backoff;
 mod caps;
 mod common_cfg;
 mod dispatch;

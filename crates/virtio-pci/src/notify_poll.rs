@@ -7,16 +7,14 @@
 //! none), keeps the data and kicks the worker. This is how SPDK's vfio-user virtio devices
 //! take notifications: the host pays a memory write per kick instead of a trapped access.
 //!
-//! The spin/back-off policy is the legacy poller's (`poller.rs`): spin for a while after a
-//! notification, then sleep a little longer each idle pass, up to 200 us, and up to 1 ms
-//! once the host has been quiet for half a second.
+//! The spin/back-off policy is the legacy poller's ([`Backoff`]).
 
+use crate::backoff::Backoff;
 use crate::dispatch::Dispatcher;
 use epf_epc::{sync, CounterSource, Counters, HostMemError, SharedMemory};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// What an idle slot holds (written by the endpoint; no notification is all ones: its low
 /// half would name queue 0xffff, beyond the 1024 queues a function has).
@@ -119,17 +117,11 @@ fn poll_loop(
     stop: &AtomicBool,
     stats: &NotifyPollStats,
 ) {
-    const SPIN_AFTER_ACTIVITY: Duration = Duration::from_micros(50);
-    const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
-    const DEEP_IDLE_AFTER: Duration = Duration::from_millis(500);
-    const DEEP_IDLE_SLEEP: Duration = Duration::from_millis(1);
-    let mut sleep = Duration::from_micros(1);
-    let mut last_activity = Instant::now();
+    let mut backoff = Backoff::new();
     while !stop.load(Ordering::Acquire) {
         match pass(d, page, base, queues, stats) {
             Ok(true) => {
-                last_activity = Instant::now();
-                sleep = Duration::from_micros(1);
+                backoff.activity();
                 // Let the worker run now if it shares this core (a no-op otherwise).
                 std::thread::yield_now();
                 continue;
@@ -140,16 +132,10 @@ fn poll_loop(
                 return;
             }
         }
-        if last_activity.elapsed() < SPIN_AFTER_ACTIVITY {
+        if backoff.spinning() {
             std::hint::spin_loop();
             continue;
         }
-        std::thread::sleep(sleep);
-        let cap = if last_activity.elapsed() > DEEP_IDLE_AFTER {
-            DEEP_IDLE_SLEEP
-        } else {
-            MAX_IDLE_SLEEP
-        };
-        sleep = (sleep * 2).min(cap);
+        backoff.sleep();
     }
 }

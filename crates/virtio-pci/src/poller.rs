@@ -6,6 +6,7 @@
 //! then looks at the rings itself (a polled QUEUE_NOTIFY can merge two notifications).
 //! docs/design.md has the timing bounds this policy serves and the measurements behind it.
 
+use crate::backoff::Backoff;
 use crate::dispatch::Dispatcher;
 use crate::legacy_poll::{LegacyPollEngine, PollStats};
 use crate::options::IrqMode;
@@ -60,9 +61,8 @@ impl Poller {
 }
 
 /// The polled register engine's thread: passes over the legacy register page, spinning
-/// while the host is active and backing off (sleeps up to `MAX_IDLE_SLEEP`, and up to
-/// `DEEP_IDLE_SLEEP` once the host has been quiet for `DEEP_IDLE_AFTER`) while it is
-/// idle, so an idle device does not burn a core. The rings are also looked at on every
+/// while the host is active and backing off while it is idle ([`Backoff`]), so an idle
+/// device does not burn a core. The rings are also looked at on every
 /// back-off step, since a polled QUEUE_NOTIFY can merge two notifications.
 fn poll_loop(
     d: Arc<Dispatcher>,
@@ -72,18 +72,6 @@ fn poll_loop(
     stop: &AtomicBool,
     published: &Mutex<PollStats>,
 ) {
-    // After host activity the poller spins this long before it starts sleeping: the next
-    // notification of a burst usually follows within it. Time, not passes: a pass costs
-    // about 0.1 us natively and 3 us in a TCG guest, and on a single-core endpoint every
-    // microsecond spun is taken from the worker serving the notification (20,000 passes
-    // spun for 70 ms in the rig's EP VM and left the virtio-net worker a tenth of the
-    // CPU: 80 KB/s).
-    const SPIN_AFTER_ACTIVITY: Duration = Duration::from_micros(50);
-    const MAX_IDLE_SLEEP: Duration = Duration::from_micros(200);
-    // A device the host has not touched for a while (no traffic at all, not merely
-    // between two packets) is woken less often: ~1,000 instead of ~5,000 times a second.
-    const DEEP_IDLE_AFTER: Duration = Duration::from_millis(500);
-    const DEEP_IDLE_SLEEP: Duration = Duration::from_millis(1);
     // While a driver is part-way through the setup sequence the poller never sleeps: the
     // host's next queue check may come a few microseconds after a PFN write (even a 1 us
     // nanosleep costs tens of microseconds), and under a guest's allocations the gaps
@@ -91,9 +79,7 @@ fn poll_loop(
     // (status ACKNOWLEDGE and no driver module, say) releases the core after this long.
     const SETUP_SPIN_LIMIT: Duration = Duration::from_secs(10);
     let num_queues = d.shared.stats.queues.len();
-    let mut was_active = true;
-    let mut sleep = Duration::from_micros(1);
-    let mut last_activity = Instant::now();
+    let mut backoff = Backoff::new();
     let mut last_publish = Instant::now();
     let mut status_seen = (engine.status(), Instant::now());
     let mut rings = IdleRings::new(d.shared.epc.host_memory(), num_queues);
@@ -182,29 +168,19 @@ fn poll_loop(
             status_seen = (engine.status(), Instant::now());
         }
         if pass.activity {
-            was_active = true;
-            sleep = Duration::from_micros(1);
+            backoff.activity();
             continue;
         }
-        if was_active {
-            was_active = false;
-            last_activity = Instant::now();
-        }
+        let spinning = backoff.spinning();
         let setting_up = engine.negotiating() && status_seen.1.elapsed() < SETUP_SPIN_LIMIT;
-        if setting_up || last_activity.elapsed() < SPIN_AFTER_ACTIVITY {
+        if setting_up || spinning {
             std::hint::spin_loop();
             continue;
         }
         // Idle: two notifications can merge in QUEUE_NOTIFY, so look at the rings
         // themselves; then sleep a little longer each time.
         rings.check(&d);
-        std::thread::sleep(sleep);
-        let cap = if last_activity.elapsed() > DEEP_IDLE_AFTER {
-            DEEP_IDLE_SLEEP
-        } else {
-            MAX_IDLE_SLEEP
-        };
-        sleep = (sleep * 2).min(cap);
+        backoff.sleep();
     }
     realtime.set(false);
     *sync::lock(published) = engine.stats;
