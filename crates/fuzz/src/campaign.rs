@@ -465,8 +465,8 @@ mod tests {
         }
     }
 
-    /// The campaigns of these tests count panics process-wide: one at a time.
-    static SERIAL: Mutex<()> = Mutex::new(());
+    /// The campaigns of these tests count panics, descriptors and memory process-wide.
+    use crate::PROCESS_WIDE as SERIAL;
 
     fn settings(secs: f64) -> Settings {
         Settings {

@@ -24,5 +24,10 @@ pub mod rng;
 pub mod settings;
 
 pub use campaign::{Bounds, Campaign, Report, Target};
+
+/// Tests of this crate that count process-wide things (panics, open descriptors, resident
+/// memory) run one at a time: another test's files or allocations would be counted too.
+#[cfg(test)]
+pub(crate) static PROCESS_WIDE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub use rng::Rng;
 pub use settings::Settings;
