@@ -271,7 +271,7 @@ fn campaign(
                     assert_eq!(
                         a.queues[k],
                         Some(legacy_queue_config(pfn, QSIZE)),
-                        "run {run}: queue {k} misattributed or lost"
+                        "run {run}: queue {k} misattributed or lost; pfns {pfns:x?}, activation {a:x?}"
                     );
                     assert_eq!(
                         a.queue_vectors[k],
