@@ -43,6 +43,12 @@ pub const TRANSPORT_FEATURES: u64 =
 /// [`RingFormat::Split`](crate::RingFormat::Split) is chosen.
 pub const RING_PACKED_FEATURE: u64 = 1 << epf_virtqueue::packed::format::VIRTIO_F_RING_PACKED;
 
+/// VIRTIO_F_IN_ORDER (bit 35): offered by devices that use buffers in order (they put it in
+/// their device features; the legacy layout's 32 feature bits cannot carry it). With it
+/// negotiated every queue publishes in order and batches its used entries
+/// (`Queue::set_in_order`).
+pub const IN_ORDER_FEATURE: u64 = 1 << 35;
+
 /// VIRTIO_F_NOTIFICATION_DATA (bit 38), offered with the modern layout: see `notify_data`.
 pub const NOTIFICATION_DATA_FEATURE: u64 = 1 << 38;
 

@@ -14,6 +14,8 @@ pub struct QueueStats {
     pub bytes: AtomicU64,
     /// Ring reads that notification data made unnecessary (VIRTIO_F_NOTIFICATION_DATA).
     pub ring_reads_saved: AtomicU64,
+    /// Used entries not written under VIRTIO_F_IN_ORDER (a batch's entry stood for them).
+    pub used_elided: AtomicU64,
 }
 
 /// Per-function counters.
@@ -43,7 +45,7 @@ impl FunctionStats {
 
 /// `function: bar_reads=.. bar_writes=.. activations=.. resets=.. needs_reset=.. config_irqs=..`,
 /// then `queue N: chains=.. descriptors=.. bytes=.. notifications=.. interrupts=..
-/// ring_reads_saved=..` per queue.
+/// ring_reads_saved=.. used_elided=..` per queue.
 impl CounterSource for FunctionStats {
     fn report(&self, out: &mut Counters) {
         out.line("function")
@@ -60,7 +62,8 @@ impl CounterSource for FunctionStats {
                 .field("bytes", get(&q.bytes))
                 .field("notifications", get(&q.notifications))
                 .field("interrupts", get(&q.interrupts))
-                .field("ring_reads_saved", get(&q.ring_reads_saved));
+                .field("ring_reads_saved", get(&q.ring_reads_saved))
+                .field("used_elided", get(&q.used_elided));
         }
     }
 }

@@ -149,7 +149,8 @@ struct Worker {
     epoll: Epoll,
     active: Option<Active>,
     /// Last (chains, descriptors, bytes, ring reads saved) seen per queue, to publish deltas.
-    last: Vec<(u64, u64, u64, u64)>,
+    /// Each queue's counters when last published.
+    last: Vec<epf_virtqueue::QueueStats>,
 }
 
 enum Event {
@@ -211,6 +212,7 @@ impl Worker {
         let memory = self.shared.epc.host_memory();
         let event_idx = a.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let packed = a.features & crate::function::RING_PACKED_FEATURE != 0;
+        let in_order = a.features & crate::function::IN_ORDER_FEATURE != 0;
         let mut queues = Vec::with_capacity(a.queues.len());
         for (i, cfg) in a.queues.iter().enumerate() {
             match cfg {
@@ -220,7 +222,10 @@ impl Worker {
                 } else {
                     Queue::new(*cfg, memory.clone(), event_idx)
                 } {
-                    Ok(q) => queues.push(Some(q)),
+                    Ok(mut q) => {
+                        q.set_in_order(in_order);
+                        queues.push(Some(q))
+                    }
                     Err(error) => {
                         self.needs_reset(a.epoch, &DeviceError::Queue { queue: i, error });
                         return;
@@ -228,7 +233,7 @@ impl Worker {
                 },
             }
         }
-        self.last = vec![(0, 0, 0, 0); queues.len()];
+        self.last = vec![epf_virtqueue::QueueStats::default(); queues.len()];
         log::debug!(
             "activation {}: features {:#x}, queue vectors {:?}",
             a.epoch,
@@ -392,21 +397,19 @@ impl Worker {
             let Some(q) = q else { continue };
             let st = &self.shared.stats.queues[i];
             let qs = q.stats();
-            let (c, d, b, r) = self.last[i];
-            st.chains
-                .fetch_add(qs.chains_popped.saturating_sub(c), Ordering::Relaxed);
-            st.descriptors
-                .fetch_add(qs.descriptors.saturating_sub(d), Ordering::Relaxed);
-            st.bytes
-                .fetch_add(qs.bytes.saturating_sub(b), Ordering::Relaxed);
-            st.ring_reads_saved
-                .fetch_add(qs.ring_reads_saved.saturating_sub(r), Ordering::Relaxed);
-            self.last[i] = (
-                qs.chains_popped,
-                qs.descriptors,
-                qs.bytes,
+            let last = std::mem::replace(&mut self.last[i], qs);
+            let add = |c: &std::sync::atomic::AtomicU64, now: u64, then: u64| {
+                c.fetch_add(now.saturating_sub(then), Ordering::Relaxed);
+            };
+            add(&st.chains, qs.chains_popped, last.chains_popped);
+            add(&st.descriptors, qs.descriptors, last.descriptors);
+            add(&st.bytes, qs.bytes, last.bytes);
+            add(
+                &st.ring_reads_saved,
                 qs.ring_reads_saved,
+                last.ring_reads_saved,
             );
+            add(&st.used_elided, qs.used_elided, last.used_elided);
             if q.needs_interrupt().map_err(DeviceError::queue(i))? {
                 let raised = self.shared.interrupt.signal_queue(a.vectors[i]);
                 log::debug!(

@@ -36,6 +36,7 @@
 mod chain;
 mod descriptor;
 mod error;
+mod in_order;
 pub mod layout;
 pub mod packed;
 mod queue;

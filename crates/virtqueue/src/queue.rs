@@ -24,6 +24,7 @@
 //! `avail.idx` lies behind what was popped; packed: the descriptor flags, still checked,
 //! show nothing available).
 
+use crate::in_order::{InOrder, UsedBatch};
 use crate::layout::{self, Ring};
 use crate::packed::PackedRing;
 use crate::split_cache::SplitCache;
@@ -66,6 +67,9 @@ pub struct QueueStats {
     /// Ring reads not made thanks to notification data (see [`Queue::note_notification`]):
     /// `avail.idx` reads (split) or reads of the next descriptor's flags (packed).
     pub ring_reads_saved: u64,
+    /// Used entries not written under VIRTIO_F_IN_ORDER: buffers published by the entry of
+    /// a later buffer of the same batch (see [`Queue::set_in_order`]).
+    pub used_elided: u64,
 }
 
 /// The device side of a split or packed virtqueue.
@@ -92,6 +96,11 @@ pub struct Queue {
     last_pop: Option<(u32, u64)>,
     /// Available entries and descriptors read in batches (split ring).
     cache: Box<SplitCache>,
+    /// The buffers popped and not yet published, when VIRTIO_F_IN_ORDER is in use.
+    in_order: Option<Box<InOrder>>,
+    /// Scratch for in-order publication: the used entries and the heads they retire.
+    batches: Vec<UsedBatch>,
+    retired: Vec<u16>,
     stats: QueueStats,
 }
 
@@ -106,6 +115,7 @@ impl std::fmt::Debug for Queue {
             .field("avail_idx", &self.avail_idx)
             .field("used_flags", &self.used_flags)
             .field("unsignalled", &self.unsignalled)
+            .field("in_order", &self.in_order)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -161,6 +171,9 @@ impl Queue {
             unsignalled: 0,
             last_pop: None,
             cache: Box::new(SplitCache::new()),
+            in_order: None,
+            batches: Vec::new(),
+            retired: Vec::new(),
             stats: QueueStats::default(),
         })
     }
@@ -195,6 +208,9 @@ impl Queue {
             unsignalled: 0,
             last_pop: None,
             cache: Box::new(SplitCache::new()),
+            in_order: None,
+            batches: Vec::new(),
+            retired: Vec::new(),
             stats: QueueStats::default(),
         })
     }
@@ -217,6 +233,21 @@ impl Queue {
     /// Whether VIRTIO_F_EVENT_IDX is in use.
     pub fn event_idx(&self) -> bool {
         self.event_idx
+    }
+
+    /// Uses buffers in order (VIRTIO_F_IN_ORDER negotiated, virtio 1.2 section 2.7.9 / 2.8.14):
+    /// used entries are published in the order the chains were popped, a completion that
+    /// overtakes an older buffer waiting for it, and a run of completions is published with
+    /// the one used entry of its last buffer wherever the driver may take the others as used
+    /// completely (each skipped one wrote all of its device-writable bytes, or it has none).
+    /// Call it before the first pop; it forgets what was popped before.
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on.then(Box::default);
+    }
+
+    /// Whether buffers are used in order (see [`set_in_order`](Self::set_in_order)).
+    pub fn in_order(&self) -> bool {
+        self.in_order.is_some()
     }
 
     /// The host memory the rings live in.
@@ -245,6 +276,9 @@ impl Queue {
     /// Sets the next available index (restoring saved state, or tests of 16-bit wrap-around).
     /// Forgets what is known about `avail.idx`. Packed ring: `off_wrap` encoding.
     pub fn set_next_avail(&mut self, idx: u16) {
+        if let Some(o) = &mut self.in_order {
+            o.clear();
+        }
         if let Some(p) = &mut self.packed {
             p.set_next_avail(idx);
             self.last_pop = None;
@@ -273,6 +307,9 @@ impl Queue {
     /// Sets the next used index. The caller keeps `used.idx` in memory consistent with it.
     /// Packed ring: `off_wrap` encoding; forgets the buffers in flight.
     pub fn set_next_used(&mut self, idx: u16) {
+        if let Some(o) = &mut self.in_order {
+            o.clear();
+        }
         if let Some(p) = &mut self.packed {
             p.set_next_used(idx);
             return;
@@ -286,6 +323,9 @@ impl Queue {
         let mut s = self.stats;
         if let Some(p) = &self.packed {
             s.ring_reads_saved = p.ring_reads_saved();
+        }
+        if let Some(o) = &self.in_order {
+            s.used_elided = o.elided;
         }
         s
     }
@@ -381,6 +421,13 @@ impl Queue {
         }
         let descs = chain.descriptor_count();
         let bytes = chain.readable_len() + chain.writable_len();
+        if let Some(o) = &mut self.in_order {
+            let span = match &self.packed {
+                Some(p) => p.span_of(chain.head()),
+                None => 1,
+            };
+            o.popped(chain.head(), chain.writable_len(), span);
+        }
         self.last_pop = Some((descs, bytes));
         self.stats.chains_popped += 1;
         self.stats.descriptors += u64::from(descs);
@@ -397,6 +444,9 @@ impl Queue {
             log::warn!("virtqueue: undo_pop without a preceding pop");
             return;
         };
+        if let Some(o) = &mut self.in_order {
+            o.undo_pop();
+        }
         match &mut self.packed {
             Some(p) => {
                 p.undo_pop();
@@ -415,6 +465,9 @@ impl Queue {
     /// then its flags, and advances by the number of ring descriptors the buffer took;
     /// `head` must be in flight ([`QueueError::UsedIdNotInFlight`] otherwise).
     pub fn add_used(&mut self, head: u16, len: u32) -> Result<(), QueueError> {
+        if self.in_order.is_some() {
+            return self.add_used_in_order(&[(head, len)]);
+        }
         if let Some(p) = &mut self.packed {
             p.add_used(&*self.mem, head, len)?;
             self.last_pop = None;
@@ -453,6 +506,9 @@ impl Queue {
     /// Packed ring: every id must be in flight and appear once; all descriptors but the first
     /// are written whole, then the first one's flags publish them all.
     pub fn add_used_many(&mut self, elems: &[(u16, u32)]) -> Result<(), QueueError> {
+        if self.in_order.is_some() {
+            return self.add_used_in_order(elems);
+        }
         if let Some(p) = &mut self.packed {
             p.add_used_many(&*self.mem, elems)?;
             if !elems.is_empty() {
@@ -505,6 +561,58 @@ impl Queue {
         Ok(())
     }
 
+    /// `add_used` / `add_used_many` under VIRTIO_F_IN_ORDER: marks the completions; they
+    /// are published by the next [`flush_used`](Self::flush_used).
+    fn add_used_in_order(&mut self, elems: &[(u16, u32)]) -> Result<(), QueueError> {
+        let Some(o) = self.in_order.as_mut() else {
+            return Ok(());
+        };
+        o.complete(elems)?;
+        self.stats.used_added += elems.len() as u64;
+        if !elems.is_empty() {
+            self.last_pop = None;
+        }
+        Ok(())
+    }
+
+    /// Under VIRTIO_F_IN_ORDER ([`set_in_order`](Self::set_in_order)), `add_used` and
+    /// `add_used_many` only record completions, so that a device pass's completions go out
+    /// together; this publishes the completed buffers at the front of the queue in batches
+    /// (see the `in_order` module), and [`needs_interrupt`](Self::needs_interrupt) calls it
+    /// first. Split ring: each batch's element is written where its first buffer's would
+    /// be, then one `used.idx` store covers them all. Packed ring: each batch's used
+    /// descriptor overwrites its batch's first descriptor, the first batch's flags last.
+    /// Without in-order use, buffers are published as they are added and this does nothing.
+    pub fn flush_used(&mut self) -> Result<(), QueueError> {
+        let Some(o) = self.in_order.as_mut() else {
+            return Ok(());
+        };
+        o.take_ready(&mut self.batches, &mut self.retired);
+        if self.batches.is_empty() {
+            return Ok(());
+        }
+        if let Some(p) = &mut self.packed {
+            return p.add_used_batches(&*self.mem, &self.batches, &self.retired);
+        }
+        let size = self.cfg.size;
+        let mut idx = self.next_used;
+        for b in &self.batches {
+            let mut elem = [0u8; layout::USED_ELEM_SIZE as usize];
+            elem[..4].copy_from_slice(&u32::from(b.id).to_le_bytes());
+            elem[4..].copy_from_slice(&b.len.to_le_bytes());
+            self.mem
+                .write(layout::used_elem_addr(self.cfg.used_addr, size, idx), &elem)?;
+            idx = idx.wrapping_add(b.count);
+        }
+        fence(Ordering::Release);
+        self.mem
+            .write_u16(layout::used_idx_addr(self.cfg.used_addr), idx)?;
+        let n = self.retired.len() as u32;
+        self.next_used = idx;
+        self.unsignalled = self.unsignalled.saturating_add(n);
+        Ok(())
+    }
+
     /// Whether the driver must be interrupted for the used elements added since the last call
     /// that returned true. With VIRTIO_F_EVENT_IDX: whether `used_event` lies among those
     /// elements (`vring_need_event(used_event, next_used, next_used - added)`); otherwise:
@@ -514,6 +622,7 @@ impl Queue {
     /// Packed ring: the driver event suppression structure decides (ENABLE, DISABLE, or DESC
     /// with VIRTIO_F_EVENT_IDX: whether the used position passed its `off_wrap`).
     pub fn needs_interrupt(&mut self) -> Result<bool, QueueError> {
+        self.flush_used()?;
         if let Some(p) = &mut self.packed {
             let need = p.needs_interrupt(&*self.mem)?;
             if need {

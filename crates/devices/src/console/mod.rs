@@ -180,7 +180,9 @@ impl VirtioDevice for ConsoleDevice {
     }
 
     fn device_features(&self) -> u64 {
-        0
+        // Each queue completes its chains in the order it popped them (a transmit chain
+        // waiting for pipe room holds back the ones after it).
+        1 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {

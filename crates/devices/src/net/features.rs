@@ -40,7 +40,10 @@ pub fn offered(max_pairs: u16) -> u64 {
         | bit(VIRTIO_NET_F_STATUS)
         | bit(VIRTIO_NET_F_CTRL_VQ)
         | bit(VIRTIO_NET_F_CTRL_RX)
-        | bit(VIRTIO_NET_F_CTRL_MAC_ADDR);
+        | bit(VIRTIO_NET_F_CTRL_MAC_ADDR)
+        // Every queue completes in the order it pops: transmit at once, receive buffers
+        // oldest first (merged ones too), the control queue synchronously.
+        | bit(virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER);
     if max_pairs > 1 {
         f |= bit(VIRTIO_NET_F_MQ);
     }

@@ -82,7 +82,8 @@ impl VirtioDevice for RngDevice {
     }
 
     fn device_features(&self) -> u64 {
-        0
+        // Every request is filled and completed as it is popped: in order.
+        1 << virtio_bindings::virtio_config::VIRTIO_F_IN_ORDER
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {

@@ -189,7 +189,7 @@ impl Runner {
             .map_err(|e| format!("the device did not complete a reset before the case: {e}"))?;
         bus.reset_alloc();
         let negotiated = case.features & self.ctx.offered | VERSION_1;
-        if let Err(e) = self.dev.drv.init(case.features & !super::rigs::PACKED) {
+        if let Err(e) = self.dev.drv.init(case.features & !super::rigs::NOT_FUZZED) {
             if consistent(kind, negotiated) {
                 return Err(format!("features {:#x} refused: {e}", case.features));
             }

@@ -170,17 +170,27 @@ impl HostQueue {
 
     /// `virtqueue_get_buf_ctx_packed`.
     pub(crate) fn packed_get_used(&mut self) -> Result<Option<(u16, u32)>> {
-        if !self.packed_has_used()? {
-            return Ok(None);
-        }
-        // virtio_rmb: id and len only after the flags.
-        fence(Ordering::Acquire);
-        let at = self.packed_desc(self.pk().last_used);
-        let len = self.bus.ram_read_u32(at + PACKED_DESC_LEN)?;
-        let id = self.bus.ram_read_u16(at + PACKED_DESC_ID)?;
-        if id >= self.size {
-            return Err(self.bad_ring(format!("id {id} out of range")));
-        }
+        let (id, len) = if self.batch_last.is_some() {
+            // The next buffer of a batch: no ring read.
+            self.next_in_batch()?
+        } else {
+            if !self.packed_has_used()? {
+                return Ok(None);
+            }
+            // virtio_rmb: id and len only after the flags.
+            fence(Ordering::Acquire);
+            let at = self.packed_desc(self.pk().last_used);
+            let len = self.bus.ram_read_u32(at + PACKED_DESC_LEN)?;
+            let id = self.bus.ram_read_u16(at + PACKED_DESC_ID)?;
+            if id >= self.size {
+                return Err(self.bad_ring(format!("id {id} out of range")));
+            }
+            if self.in_order.is_some() {
+                self.start_batch(id, len, self.size)?
+            } else {
+                (id, len)
+            }
+        };
         let n = self.pk().ndesc[usize::from(id)];
         if n == 0 {
             return Err(self.bad_ring(format!("id {id} is not in flight")));

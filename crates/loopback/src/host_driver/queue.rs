@@ -16,6 +16,7 @@ use super::error::{DriverError, Result};
 use super::packed::PackedState;
 use super::spec::*;
 use crate::HostBus;
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,8 @@ pub(crate) struct QueueParams {
     pub packed: bool,
     /// VIRTIO_F_NOTIFICATION_DATA: notifications carry the next available index/position.
     pub notification_data: bool,
+    /// VIRTIO_F_IN_ORDER: descriptors in ring order, used entries may stand for batches.
+    pub in_order: bool,
     pub timeout: Duration,
 }
 
@@ -66,6 +69,15 @@ pub(crate) fn alloc_rings(bus: &HostBus, size: u16, packed: bool) -> Result<(u64
 struct Chain {
     /// Descriptors of the ring's table the chain occupies.
     ndesc: u16,
+}
+
+/// A buffer made available and not yet used, under VIRTIO_F_IN_ORDER.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Outstanding {
+    /// Head (split) or buffer id (packed).
+    pub id: u16,
+    /// Its device-writable bytes: the used length of a buffer the device skipped.
+    pub in_len: u32,
 }
 
 /// The driver side of one virtqueue (split, or packed when negotiated). For a packed ring
@@ -98,6 +110,11 @@ pub struct HostQueue {
     broken: bool,
     /// The packed ring's state, when VIRTIO_F_RING_PACKED was negotiated.
     pub(super) packed: Option<PackedState>,
+    /// VIRTIO_F_IN_ORDER: the buffers made available and not yet used, oldest first.
+    pub(super) in_order: Option<VecDeque<Outstanding>>,
+    /// The used entry (id, len) of the batch being consumed: the buffers before `id` were
+    /// skipped by the device and are used completely.
+    pub(super) batch_last: Option<(u16, u32)>,
 }
 
 impl HostQueue {
@@ -128,6 +145,8 @@ impl HostQueue {
             indirect_pool: None,
             broken: false,
             packed: p.packed.then(|| PackedState::new(p.size)),
+            in_order: p.in_order.then(VecDeque::new),
+            batch_last: None,
         };
         if q.packed.is_some() {
             // Driver event suppression: interrupts enabled, offset 0.
@@ -172,6 +191,7 @@ impl HostQueue {
             notify_offset: 0,
             msix_vector: None,
             notification_data: false,
+            in_order: false,
             event_idx,
             indirect,
             packed,
@@ -304,6 +324,44 @@ impl HostQueue {
 
     /// Adds a chain of direct descriptors; returns its head. Does not notify.
     pub fn add(&mut self, bufs: &[Buf]) -> Result<u16> {
+        let id = self.add_direct(bufs)?;
+        self.note_added(id, bufs);
+        Ok(id)
+    }
+
+    /// Adds a chain as one INDIRECT descriptor pointing at a table in host RAM; returns its
+    /// head. Needs VIRTIO_F_INDIRECT_DESC.
+    pub fn add_indirect(&mut self, bufs: &[Buf]) -> Result<u16> {
+        let id = self.add_indirect_table(bufs)?;
+        self.note_added(id, bufs);
+        Ok(id)
+    }
+
+    /// Under VIRTIO_F_IN_ORDER, remembers the buffer as the newest outstanding one.
+    fn note_added(&mut self, id: u16, bufs: &[Buf]) {
+        if let Some(o) = &mut self.in_order {
+            let in_len = bufs
+                .iter()
+                .filter(|b| b.2)
+                .fold(0u32, |a, b| a.saturating_add(b.1));
+            o.push_back(Outstanding { id, in_len });
+        }
+    }
+
+    /// Uses descriptors in ring order and takes batched used entries (VIRTIO_F_IN_ORDER),
+    /// for queues made with [`standalone`](Self::standalone); a negotiated queue gets it from
+    /// the features. Only before the first buffer is added.
+    pub fn set_in_order(&mut self, on: bool) {
+        self.in_order = on.then(VecDeque::new);
+        self.batch_last = None;
+    }
+
+    /// Whether VIRTIO_F_IN_ORDER is in use.
+    pub fn in_order(&self) -> bool {
+        self.in_order.is_some()
+    }
+
+    fn add_direct(&mut self, bufs: &[Buf]) -> Result<u16> {
         self.check_usable()?;
         if bufs.is_empty() {
             return Err(DriverError::EmptyChain);
@@ -336,9 +394,7 @@ impl HostQueue {
         Ok(head)
     }
 
-    /// Adds a chain as one INDIRECT descriptor pointing at a table in host RAM; returns its
-    /// head. Needs VIRTIO_F_INDIRECT_DESC.
-    pub fn add_indirect(&mut self, bufs: &[Buf]) -> Result<u16> {
+    fn add_indirect_table(&mut self, bufs: &[Buf]) -> Result<u16> {
         self.check_usable()?;
         if !self.indirect {
             return Err(DriverError::FeatureNotNegotiated("VIRTIO_F_INDIRECT_DESC"));
@@ -491,6 +547,9 @@ impl HostQueue {
 
     /// Whether the used ring has entries not yet consumed.
     pub fn has_used(&self) -> Result<bool> {
+        if self.batch_last.is_some() {
+            return Ok(true);
+        }
         if self.packed.is_some() {
             return self.packed_has_used();
         }
@@ -509,6 +568,11 @@ impl HostQueue {
         self.check_usable()?;
         if self.packed.is_some() {
             return self.packed_get_used();
+        }
+        if self.batch_last.is_some() {
+            // The next buffer of a batch: no ring read.
+            let (head, len) = self.next_in_batch()?;
+            return self.detach_split(head, len).map(Some);
         }
         let used_idx = self.used_idx()?;
         if used_idx == self.last_used_idx {
@@ -530,16 +594,67 @@ impl HostQueue {
             return Err(self.bad_ring(format!("id {id} out of range")));
         }
         let head = id as u16;
-        let Some(chain) = self.chains[head as usize].take() else {
-            return Err(self.bad_ring(format!("id {id} is not a head")));
-        };
-        // detach_buf_split, from the shadow links only.
-        let mut last = head;
-        for _ in 1..chain.ndesc {
-            last = self.next[last as usize];
+        if self.in_order.is_some() {
+            let (head, len) = self.start_batch(head, len, pending)?;
+            return self.detach_split(head, len).map(Some);
         }
-        self.next[last as usize] = self.free_head;
-        self.free_head = head;
+        self.detach_split(head, len).map(Some)
+    }
+
+    /// Under VIRTIO_F_IN_ORDER: the used entry `(id, len)` stands for every outstanding
+    /// buffer up to `id` (at most `pending`, what the used index covers); returns the oldest
+    /// with its length. An id that is not outstanding breaks the queue.
+    pub(super) fn start_batch(&mut self, id: u16, len: u32, pending: u16) -> Result<(u16, u32)> {
+        let o = self.in_order.as_ref().expect("in-order queue");
+        let Some(k) = o.iter().position(|b| b.id == id) else {
+            return Err(self.bad_ring(format!("in-order used id {id} is not outstanding")));
+        };
+        if k >= usize::from(pending) {
+            return Err(self.bad_ring(format!(
+                "in-order used id {id} stands for {} buffers, the used index for {pending}",
+                k + 1
+            )));
+        }
+        if k > 0 {
+            self.batch_last = Some((id, len));
+            return self.next_in_batch();
+        }
+        self.in_order.as_mut().expect("in-order queue").pop_front();
+        Ok((id, len))
+    }
+
+    /// The oldest outstanding buffer of the current batch and its used length: the batch's
+    /// own for its last buffer, the whole device-writable size for the skipped ones.
+    pub(super) fn next_in_batch(&mut self) -> Result<(u16, u32)> {
+        let Some((last, last_len)) = self.batch_last else {
+            return Err(self.bad_ring("no batch in progress".into()));
+        };
+        let Some(b) = self.in_order.as_mut().and_then(|o| o.pop_front()) else {
+            return Err(self.bad_ring("batch without outstanding buffers".into()));
+        };
+        if b.id == last {
+            self.batch_last = None;
+            return Ok((b.id, last_len));
+        }
+        Ok((b.id, b.in_len))
+    }
+
+    /// Frees split chain `head` (detach_buf_split, from the shadow links only) and advances
+    /// the used index: `(head, len)`.
+    fn detach_split(&mut self, head: u16, len: u32) -> Result<(u16, u32)> {
+        let Some(chain) = self.chains[head as usize].take() else {
+            return Err(self.bad_ring(format!("id {head} is not a head")));
+        };
+        if self.in_order.is_none() {
+            let mut last = head;
+            for _ in 1..chain.ndesc {
+                last = self.next[last as usize];
+            }
+            self.next[last as usize] = self.free_head;
+            self.free_head = head;
+        }
+        // In order, the links stay the ring order and chains come back oldest first, so the
+        // free list is the ring from `free_head` on.
         self.num_free += chain.ndesc;
         self.last_used_idx = self.last_used_idx.wrapping_add(1);
         if self.avail_flags_shadow & VIRTQ_AVAIL_F_NO_INTERRUPT == 0 {
@@ -548,7 +663,7 @@ impl HostQueue {
                 .ram_write_u16(self.used_event_addr(), self.last_used_idx)?;
             fence(Ordering::SeqCst);
         }
-        Ok(Some((head, len)))
+        Ok((head, len))
     }
 
     /// Consumes the next used entry without any validation or bookkeeping: (id, len).

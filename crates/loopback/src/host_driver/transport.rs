@@ -392,6 +392,7 @@ impl VirtioPciDriver {
             indirect: features & feature(VIRTIO_F_INDIRECT_DESC) != 0,
             packed,
             notification_data: features & feature(VIRTIO_F_NOTIFICATION_DATA) != 0,
+            in_order: features & feature(VIRTIO_F_IN_ORDER) != 0,
             timeout: self.timeout,
         })
     }

@@ -23,6 +23,7 @@
 pub mod format;
 mod prefetch;
 
+use crate::in_order::UsedBatch;
 use crate::layout::{self, Ring, DESC_SIZE};
 use crate::walk::{BlockCache, Table, Walk};
 use crate::{DescriptorChain, QueueError};
@@ -418,6 +419,53 @@ impl PackedRing {
         // `n <= size <= 32768`.
         self.used.advance(n as u16, self.size);
         self.unsignalled = self.unsignalled.saturating_add(n);
+    }
+
+    /// The ring descriptors in-flight buffer `id` occupies (0 if it is not in flight).
+    pub fn span_of(&self, id: u16) -> u16 {
+        self.in_flight
+            .get(usize::from(id))
+            .map_or(0, |&n| (n & !MARK) as u16)
+    }
+
+    /// In-order publication (VIRTIO_F_IN_ORDER): one used descriptor per batch, written over
+    /// the batch's first ring position, then the position skips the batch's span. Batches
+    /// after the first are written whole, then (Release) the first one's flags publish them
+    /// all. `retired` lists every buffer the batches stand for; the caller checked that each
+    /// is in flight.
+    pub fn add_used_batches(
+        &mut self,
+        mem: &dyn HostMemory,
+        batches: &[UsedBatch],
+        retired: &[u16],
+    ) -> Result<(), QueueError> {
+        let Some((first, rest)) = batches.split_first() else {
+            return Ok(());
+        };
+        let start = self.used;
+        let mut pos = start;
+        // `span <= size` (the batch's buffers are in flight at once).
+        pos.advance(first.span as u16, self.size);
+        for b in rest {
+            let mut d = [0u8; 8];
+            d[..4].copy_from_slice(&b.len.to_le_bytes());
+            d[4..6].copy_from_slice(&b.id.to_le_bytes());
+            d[6..].copy_from_slice(&used_flags(pos.wrap).to_le_bytes());
+            mem.write(self.desc_addr(pos.pos) + LEN_OFFSET, &d)?;
+            pos.advance(b.span as u16, self.size);
+        }
+        let at = self.desc_addr(start.pos);
+        let mut d = [0u8; 6];
+        d[..4].copy_from_slice(&first.len.to_le_bytes());
+        d[4..].copy_from_slice(&first.id.to_le_bytes());
+        mem.write(at + LEN_OFFSET, &d)?;
+        fence(Ordering::Release);
+        mem.write_u16(at + FLAGS_OFFSET, used_flags(start.wrap))?;
+        for &id in retired {
+            let n = self.in_flight[usize::from(id)];
+            self.retire(id, n);
+        }
+        Ok(())
     }
 
     /// Writes the used descriptors `elems` and publishes them together: every one but the
