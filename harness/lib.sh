@@ -10,7 +10,12 @@ CACHE="${VIRTIO_EPF_CACHE:-/var/cache/virtio-epf}"
 CHROOT="$CACHE/chroot"            # trixie rootfs: QEMU for the host + guest root fs
 KERNEL_DIR="$CACHE/kernel"        # dpkg-deb -x of linux-image-6.12.*-amd64 (+ depmod)
 INITRAMFS="$CACHE/initramfs.cpio.gz"
-STAMP="$CACHE/stamp"              # written last by setup.sh; see setup_key()
+STAMP="$CACHE/stamp"              # written by setup.sh after the above; see setup_key()
+# The second guest kernel: trixie-backports' linux-image-amd64 (run-guest.sh --kernel bpo).
+# Its own stage with its own stamp, so adding or rebuilding it never touches the above.
+BPO_KERNEL_DIR="$CACHE/kernel-bpo"  # same layout as $KERNEL_DIR
+BPO_INITRAMFS="$CACHE/initramfs-bpo.cpio.gz"
+BPO_STAMP="$CACHE/stamp-bpo"      # written last by setup.sh; see bpo_key()
 LOCK="$CACHE/.lock"               # flock: setup.sh exclusive, run-guest.sh shared
 
 # Directory inside the chroot under which run-guest.sh / setup.sh mount
@@ -24,6 +29,9 @@ HARNESS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # (e.g. different chroot layout). Changes to the package lists or to
 # guest-init.sh are detected automatically via setup_key().
 SETUP_VERSION=1
+# The same for the backports kernel stage only (kernel-bpo, initramfs-bpo): bumping it
+# rebuilds that stage and leaves the chroot, the default kernel and its initramfs alone.
+BPO_VERSION=1
 
 # Packages installed in the chroot.
 # QEMU (>= 10.1 for vfio-user-pci) comes from trixie-backports.
@@ -56,9 +64,30 @@ setup_key() {
 	} | sha256sum | cut -d' ' -f1
 }
 
-cache_is_complete() {
+# Identifies a complete backports kernel stage. It is derived from the chroot, busybox and
+# guest-init.sh like the default kernel's, hence setup_key() in it.
+bpo_key() {
+	{
+		echo "bpo-version=$BPO_VERSION"
+		echo "base=$(setup_key)"
+	} | sha256sum | cut -d' ' -f1
+}
+
+# The chroot, the default kernel and its initramfs.
+base_cache_is_complete() {
 	[[ -f "$STAMP" && -x "$CHROOT/usr/bin/qemu-system-x86_64" && -f "$KERNEL_DIR/vmlinuz" &&
 		-f "$INITRAMFS" ]] && [[ "$(head -n1 "$STAMP")" == "$(setup_key)" ]]
+}
+
+# The backports kernel and its initramfs.
+bpo_cache_is_complete() {
+	[[ -f "$BPO_STAMP" && -f "$BPO_KERNEL_DIR/vmlinuz" && -f "$BPO_INITRAMFS" ]] &&
+		[[ "$(head -n1 "$BPO_STAMP")" == "$(bpo_key)" ]]
+}
+
+# Every stage. setup.sh rebuilds only the stages that are not complete.
+cache_is_complete() {
+	base_cache_is_complete && bpo_cache_is_complete
 }
 
 # chroot_run ROOT [--bind SRC:DST]... [--] CMD...: CMD chrooted in ROOT, in a private mount

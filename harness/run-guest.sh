@@ -4,7 +4,8 @@
 # Usage:
 #   harness/run-guest.sh --job-dir DIR [--mem MiB] [--smp N] [--timeout SEC]
 #                        [--append "kernel args"] [--socket-dir DIR]...
-#                        [--verbose] [--quiet] [-- extra qemu args...]
+#                        [--kernel default|bpo] [--verbose] [--quiet]
+#                        [-- extra qemu args...]
 #
 #   --job-dir DIR     must contain run.sh. It is shared read-write with the
 #                     guest as /job; run.sh runs there (cwd /job) as root,
@@ -17,6 +18,9 @@
 #   --smp N           vCPUs (default 1)
 #   --timeout SEC     kill QEMU after SEC seconds (default 300)
 #   --append ARGS     extra kernel command line arguments
+#   --kernel K        the guest kernel: default (trixie's 6.12, $CACHE/kernel) or
+#                     bpo (trixie-backports' linux-image-amd64, 7.x, $CACHE/kernel-bpo),
+#                     each with its own modules and initramfs
 #   --socket-dir DIR  bind-mounted into QEMU's chroot at the same path, so
 #                     vfio-user socket paths in the extra args work unchanged.
 #                     May be given several times.
@@ -50,7 +54,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # i.e. in a private mount namespace of its own. Every mount made here
 # disappears when the last process of the namespace exits, however that
 # happens (normal exit, timeout, SIGKILL): nothing can leak into the host.
-# Environment: RG_JOB, RG_SOCKET_DIRS (newline separated), RG_QEMU_LOG, RG_SHARE.
+# Environment: RG_JOB, RG_SOCKET_DIRS (newline separated), RG_QEMU_LOG, RG_SHARE,
+# RG_KERNEL_DIR, RG_INITRAMFS (the kernel picked with --kernel).
 # Arguments: the QEMU command line.
 inner() {
 	local s="$CHROOT$NS_DIR" n sd top
@@ -71,11 +76,11 @@ inner() {
 	mount --bind "$CHROOT" "$s/root"
 	mount -o remount,bind,ro "$s/root"
 	mount --bind "$RG_JOB" "$s/job"
-	mount --bind "$KERNEL_DIR/usr/lib/modules" "$s/modules"
+	mount --bind "$RG_KERNEL_DIR/usr/lib/modules" "$s/modules"
 	mount -o remount,bind,ro "$s/modules"
 	touch "$s/boot/vmlinuz" "$s/boot/initrd"
-	mount --bind "$(readlink -f "$KERNEL_DIR/vmlinuz")" "$s/boot/vmlinuz"
-	mount --bind "$INITRAMFS" "$s/boot/initrd"
+	mount --bind "$(readlink -f "$RG_KERNEL_DIR/vmlinuz")" "$s/boot/vmlinuz"
+	mount --bind "$RG_INITRAMFS" "$s/boot/initrd"
 
 	# What QEMU itself needs in its chroot. A minimal /dev rather than the
 	# host's: QEMU gets no access to host disks etc.
@@ -156,6 +161,7 @@ usage_error() {
 }
 
 JOB="" SHARE="" MEM=1024 SMP=1 TIMEOUT=300 APPEND="" VERBOSE=0 QUIET=0 REBOOT=-no-reboot NICE=0
+KERNEL=default
 SOCKET_DIRS=()
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -164,6 +170,7 @@ while [[ $# -gt 0 ]]; do
 	--smp) SMP=${2:?--smp needs a value}; shift 2 ;;
 	--timeout) TIMEOUT=${2:?--timeout needs a value}; shift 2 ;;
 	--append) APPEND=${2?--append needs a value}; shift 2 ;;
+	--kernel) KERNEL=${2:?--kernel needs a value}; shift 2 ;;
 	--socket-dir) SOCKET_DIRS+=("${2:?--socket-dir needs a value}"); shift 2 ;;
 	--verbose) VERBOSE=1; shift ;;
 	--quiet) QUIET=1; shift ;;
@@ -186,6 +193,11 @@ if [[ -n $SHARE ]]; then
 	[[ -d $SHARE ]] || usage_error "share dir '$SHARE' does not exist"
 	SHARE=$(readlink -f "$SHARE")
 fi
+case $KERNEL in
+default) KDIR=$KERNEL_DIR KINITRD=$INITRAMFS ;;
+bpo) KDIR=$BPO_KERNEL_DIR KINITRD=$BPO_INITRAMFS ;;
+*) usage_error "--kernel must be default or bpo, got '$KERNEL'" ;;
+esac
 for v in MEM SMP TIMEOUT; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || usage_error "--${v,,} must be a positive integer, got '${!v}'"
 done
@@ -244,10 +256,11 @@ echo >>"$JOB/qemu-cmdline"
 
 [[ $NICE =~ ^-?[0-9]+$ ]] || usage_error "--nice needs an integer"
 export RG_JOB="$JOB" RG_QEMU_LOG="$JOB/qemu.log" RG_SHARE="$SHARE" RG_NICE="$NICE"
+export RG_KERNEL_DIR="$KDIR" RG_INITRAMFS="$KINITRD"
 RG_SOCKET_DIRS=$(printf '%s\n' "${SOCKET_DIRS[@]}")
 export RG_SOCKET_DIRS
 
-log "booting guest (kernel $(cat "$KERNEL_DIR/release"), ${MEM} MiB, $SMP vCPU, timeout ${TIMEOUT}s), job $JOB"
+log "booting guest (kernel $(cat "$KDIR/release") [$KERNEL], ${MEM} MiB, $SMP vCPU, timeout ${TIMEOUT}s), job $JOB"
 TAIL_PID=""
 if [[ $VERBOSE -eq 1 ]]; then
 	touch "$JOB/console.log"

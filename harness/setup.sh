@@ -7,12 +7,16 @@
 #                            mounts the very same tree read-only as its root fs.
 #   $CACHE/kernel            trixie linux-image-6.12.*-amd64, unpacked + depmod
 #   $CACHE/initramfs.cpio.gz busybox-static + 9p/overlay modules + guest-init.sh
-#   $CACHE/stamp             written last; when it matches, setup is a no-op
+#   $CACHE/stamp             written after the three above; when it matches, they are kept
+#   $CACHE/kernel-bpo        trixie-backports linux-image-amd64 (7.x), unpacked + depmod
+#   $CACHE/initramfs-bpo.cpio.gz  the same initramfs with that kernel's modules
+#   $CACHE/stamp-bpo         written last; when both stamps match, setup is a no-op
 #
 # CACHE defaults to /var/cache/virtio-epf (override with VIRTIO_EPF_CACHE).
 # Every stage is built in a temporary directory and renamed into place only
 # when complete, so an interrupted or failed run leaves no half-built stage
-# behind and the next run redoes exactly what is missing.
+# behind and the next run redoes exactly what is missing. The backports kernel
+# stage has its own stamp: building or rebuilding it leaves the others alone.
 #
 # Usage: harness/setup.sh [--force]
 #   --force   rebuild everything even if the cache is up to date
@@ -50,7 +54,7 @@ if ! flock -n -x 9; then
 fi
 
 if [[ $FORCE -eq 0 ]] && cache_is_complete; then
-	log "cache $CACHE is up to date ($(sed -n 2,3p "$STAMP" | paste -sd' ')); nothing to do"
+	log "cache $CACHE is up to date ($(sed -n 2,3p "$STAMP" | paste -sd' '), bpo $(sed -n 2p "$BPO_STAMP")); nothing to do"
 	exit 0
 fi
 
@@ -191,9 +195,10 @@ build_chroot() {
 	mkdir -p "$tmp$NS_DIR" "$tmp/usr/lib/modules"
 	echo "$CHROOT_KEY" >"$tmp/$CHROOT_KEY_FILE"
 
-	# The kernel and initramfs are derived from the chroot: invalidate them.
+	# The kernels and initramfs images are derived from the chroot: invalidate them.
 	remove_tree "$KERNEL_DIR"
-	rm -f "$INITRAMFS" "$STAMP"
+	remove_tree "$BPO_KERNEL_DIR"
+	rm -f "$INITRAMFS" "$STAMP" "$BPO_INITRAMFS" "$BPO_STAMP"
 	if [[ -e "$CHROOT" ]]; then
 		mv -T "$CHROOT" "$CACHE/chroot.old"
 	fi
@@ -202,6 +207,25 @@ build_chroot() {
 }
 
 # ---------------------------------------------------------------- kernel
+
+# check_kernel_config PKG CONFIG: these must be built in for the initramfs to work.
+check_kernel_config() {
+	local opt
+	[[ -f $2 ]] || die "$1: no kernel config ($2)"
+	for opt in CONFIG_VIRTIO_PCI=y CONFIG_PCI_MSI=y CONFIG_VIRTIO_CONSOLE=y CONFIG_DEVTMPFS=y; do
+		grep -qx "$opt" "$2" || die "$1: expected $opt in its config"
+	done
+}
+
+# depmod_tree DIR REL: depmod (the host has none) from the chroot for the
+# unpacked kernel in DIR. It looks for <base>/lib/modules, the packages ship
+# usr/lib/modules (merged /usr).
+depmod_tree() {
+	log "depmod -b for $2"
+	ln -s usr/lib "$1/lib"
+	logged chroot_run "$CHROOT" --bind "$1:$NS_DIR/kernel" -- depmod -b "$NS_DIR/kernel" "$2"
+	[[ -s "$1/usr/lib/modules/$2/modules.dep" ]] || die "depmod produced no modules.dep"
+}
 
 build_kernel() {
 	if [[ $FORCE -eq 0 && -f "$KERNEL_DIR/.stamp" && "$(cat "$KERNEL_DIR/.stamp")" == "$CHROOT_KEY" ]]; then
@@ -229,18 +253,8 @@ build_kernel() {
 	[[ -n $rel ]] || die "no boot/vmlinuz-* in $pkg"
 	[[ -d "$tmp/usr/lib/modules/$rel" ]] || die "no usr/lib/modules/$rel in $pkg"
 
-	# Config sanity: these must be built in for the initramfs to work.
-	local opt
-	for opt in CONFIG_VIRTIO_PCI=y CONFIG_PCI_MSI=y CONFIG_VIRTIO_CONSOLE=y CONFIG_DEVTMPFS=y; do
-		grep -qx "$opt" "$tmp/boot/config-$rel" || die "$pkg: expected $opt in its config"
-	done
-
-	# depmod (the host has none) from the chroot. It looks for
-	# <base>/lib/modules, the package ships usr/lib/modules (merged /usr).
-	log "depmod -b for $rel"
-	ln -s usr/lib "$tmp/lib"
-	logged chroot_run "$CHROOT" --bind "$tmp:$NS_DIR/kernel" -- depmod -b "$NS_DIR/kernel" "$rel"
-	[[ -s "$tmp/usr/lib/modules/$rel/modules.dep" ]] || die "depmod produced no modules.dep"
+	check_kernel_config "$pkg" "$tmp/boot/config-$rel"
+	depmod_tree "$tmp" "$rel"
 
 	ln -s "boot/vmlinuz-$rel" "$tmp/vmlinuz"
 	echo "$rel" >"$tmp/release"
@@ -249,6 +263,72 @@ build_kernel() {
 	rm -f "$INITRAMFS"
 	remove_tree "$KERNEL_DIR"
 	mv -T "$tmp" "$KERNEL_DIR"
+}
+
+# ------------------------------------------------------ backports kernel
+
+BPO_KERNEL_KEY=$(key_of "bpo-v$BPO_VERSION" "$CHROOT_KEY")
+
+# trixie-backports' linux-image-amd64 (7.x). Unlike trixie's, it is split:
+# linux-image-REL is a stub that depends on linux-binary-REL (the kernel, at
+# usr/lib/modules/REL/vmlinuz), linux-modules-REL (the modules) and
+# linux-base-REL (config, modules.builtin, modules.order). All of
+# linux-image-REL's linux-*-REL dependencies are unpacked into one tree.
+build_kernel_bpo() {
+	if [[ $FORCE -eq 0 && -f "$BPO_KERNEL_DIR/.stamp" && "$(cat "$BPO_KERNEL_DIR/.stamp")" == "$BPO_KERNEL_KEY" ]]; then
+		log "backports kernel $(cat "$BPO_KERNEL_DIR/release") is up to date"
+		return
+	fi
+	local tmp="$CACHE/kernel-bpo.tmp" ver pkg rel deps dep moddir vmlinuz
+	local -a pkgs=()
+	remove_tree "$tmp"
+	mkdir -p "$tmp"
+
+	ver=$(chroot_run "$CHROOT" -- apt-cache -t trixie-backports policy linux-image-amd64 |
+		awk '/Candidate:/ { print $2 }')
+	[[ $ver == *bpo* ]] ||
+		die "linux-image-amd64 has no trixie-backports candidate (got '$ver'; are trixie-backports' lists in the chroot?)"
+	pkg=$(chroot_run "$CHROOT" -- apt-cache depends --important "linux-image-amd64=$ver" |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }')
+	[[ -n $pkg ]] || die "cannot tell which linux-image-* linux-image-amd64 $ver depends on"
+	rel=${pkg#linux-image-}
+	deps=$(chroot_run "$CHROOT" -- apt-cache depends --important "$pkg" | awk '$1 == "Depends:" { print $2 }')
+	pkgs=("$pkg")
+	for dep in $deps; do
+		if [[ $dep == linux-*-"$rel" ]]; then pkgs+=("$dep"); fi
+	done
+	log "downloading and unpacking ${pkgs[*]} (trixie-backports linux-image-amd64 $ver)"
+	# shellcheck disable=SC2016 # the script is for the chroot's sh
+	logged chroot_run "$CHROOT" --bind "$tmp:$NS_DIR/kernel" -- /bin/sh -ec '
+		ns=$1; shift
+		install -d -o _apt "$ns/dl"
+		cd "$ns/dl"
+		apt-get download -q "$@"
+		for deb in *.deb; do dpkg-deb -x "$deb" "$ns/kernel"; done
+	' sh "$NS_DIR" "${pkgs[@]}"
+
+	moddir="usr/lib/modules/$rel"
+	[[ -d "$tmp/$moddir/kernel" ]] || die "no $moddir/kernel in ${pkgs[*]}"
+	# The kernel image: split packages put it next to the modules, unsplit ones in /boot.
+	vmlinuz=$moddir/vmlinuz
+	[[ -f "$tmp/$vmlinuz" ]] || vmlinuz=boot/vmlinuz-$rel
+	[[ -f "$tmp/$vmlinuz" ]] || die "no $moddir/vmlinuz nor boot/vmlinuz-$rel in ${pkgs[*]}"
+	if [[ -f "$tmp/$moddir/config" ]]; then
+		check_kernel_config "$pkg" "$tmp/$moddir/config"
+	else
+		check_kernel_config "$pkg" "$tmp/boot/config-$rel"
+	fi
+	# module_load_order needs it to tell built-in modules from missing ones.
+	[[ -f "$tmp/$moddir/modules.builtin" ]] || die "no $moddir/modules.builtin in ${pkgs[*]}"
+	depmod_tree "$tmp" "$rel"
+
+	ln -s "$vmlinuz" "$tmp/vmlinuz"
+	echo "$rel" >"$tmp/release"
+	printf '%s\n' "${pkgs[@]}" >"$tmp/package"
+	echo "$BPO_KERNEL_KEY" >"$tmp/.stamp"
+	rm -f "$BPO_INITRAMFS"
+	remove_tree "$BPO_KERNEL_DIR"
+	mv -T "$tmp" "$BPO_KERNEL_DIR"
 }
 
 # ------------------------------------------------------------- initramfs
@@ -287,12 +367,13 @@ module_load_order() {
 	printf '%s\n' "${order[@]}"
 }
 
+# build_initramfs KERNEL_DIR OUT: the initramfs for the kernel in KERNEL_DIR.
 build_initramfs() {
-	local rel tmp="$CACHE/initramfs.build" moddir f n
-	rel=$(cat "$KERNEL_DIR/release")
-	moddir="$KERNEL_DIR/usr/lib/modules/$rel"
+	local kdir=$1 out=$2 rel tmp="${2%.cpio.gz}.build" moddir f n
+	rel=$(cat "$kdir/release")
+	moddir="$kdir/usr/lib/modules/$rel"
 	remove_tree "$tmp"
-	log "building $INITRAMFS (busybox + ${INITRAMFS_MODULES[*]} + deps)"
+	log "building $out (busybox + ${INITRAMFS_MODULES[*]} + deps of $rel)"
 
 	mkdir -p "$tmp"/{bin,sbin,etc,proc,sys,dev,lib/modules,ro,rw,newroot}
 	cp "$CHROOT/usr/bin/busybox" "$tmp/bin/busybox"
@@ -331,26 +412,39 @@ build_initramfs() {
 	chroot_run "$CHROOT" --bind "$tmp:$NS_DIR/initramfs" -- /bin/sh -ec "
 		cd $NS_DIR/initramfs
 		find . -print0 | LC_ALL=C sort -z | cpio --null --create --format=newc --owner=0:0 --quiet
-	" | gzip -9n >"$INITRAMFS.tmp"
-	mv -f "$INITRAMFS.tmp" "$INITRAMFS"
+	" | gzip -9n >"$out.tmp"
+	mv -f "$out.tmp" "$out"
 	rm -rf --one-file-system -- "$tmp"
-	log "  $(du -h "$INITRAMFS" | cut -f1) $INITRAMFS"
+	log "  $(du -h "$out" | cut -f1) $out"
 }
 
 # ------------------------------------------------------------------ main
 
 log "cache: $CACHE (detailed log: $SETUP_LOG)"
-rm -f "$STAMP"
 : >"$SETUP_LOG"
 ensure_host_tools
-build_chroot
-stage_done "chroot"
-build_kernel
-stage_done "kernel"
-build_initramfs
-stage_done "initramfs"
+# The chroot, the default kernel and its initramfs: only if their stamp is stale.
+if [[ $FORCE -eq 0 ]] && base_cache_is_complete; then
+	log "chroot, kernel $(cat "$KERNEL_DIR/release") and initramfs are up to date"
+else
+	rm -f "$STAMP" "$BPO_STAMP"
+	build_chroot
+	stage_done "chroot"
+	build_kernel
+	stage_done "kernel"
+	build_initramfs "$KERNEL_DIR" "$INITRAMFS"
+	stage_done "initramfs"
+	qemu_ver=$(chroot_run "$CHROOT" -- qemu-system-x86_64 --version | head -n1 | grep -o 'version [^ ]*')
+	printf '%s\nkernel %s\nqemu %s\n' "$(setup_key)" "$(cat "$KERNEL_DIR/release")" "${qemu_ver#version }" >"$STAMP.tmp"
+	mv -f "$STAMP.tmp" "$STAMP"
+fi
 
-qemu_ver=$(chroot_run "$CHROOT" -- qemu-system-x86_64 --version | head -n1 | grep -o 'version [^ ]*')
-printf '%s\nkernel %s\nqemu %s\n' "$(setup_key)" "$(cat "$KERNEL_DIR/release")" "${qemu_ver#version }" >"$STAMP.tmp"
-mv -f "$STAMP.tmp" "$STAMP"
-log "setup complete in $((SECONDS - T0)) s: kernel $(cat "$KERNEL_DIR/release"), QEMU ${qemu_ver#version }"
+# The backports kernel and its initramfs.
+rm -f "$BPO_STAMP"
+build_kernel_bpo
+stage_done "backports kernel"
+build_initramfs "$BPO_KERNEL_DIR" "$BPO_INITRAMFS"
+stage_done "backports initramfs"
+printf '%s\nkernel %s\n' "$(bpo_key)" "$(cat "$BPO_KERNEL_DIR/release")" >"$BPO_STAMP.tmp"
+mv -f "$BPO_STAMP.tmp" "$BPO_STAMP"
+log "setup complete in $((SECONDS - T0)) s: kernel $(cat "$KERNEL_DIR/release"), bpo kernel $(cat "$BPO_KERNEL_DIR/release"), $(sed -n 3p "$STAMP")"

@@ -380,6 +380,24 @@ fn tail(p: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The guest kernel (`harness/run-guest.sh --kernel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKernel {
+    /// trixie's linux-image-amd64 (6.12).
+    Default,
+    /// trixie-backports' linux-image-amd64 (7.x): negotiates VIRTIO_F_IN_ORDER, 6.12 does not.
+    Backports,
+}
+
+impl GuestKernel {
+    fn arg(self) -> &'static str {
+        match self {
+            GuestKernel::Default => "default",
+            GuestKernel::Backports => "bpo",
+        }
+    }
+}
+
 /// Options for a guest run.
 pub struct Guest<'a> {
     pub daemons: Vec<&'a Daemon>,
@@ -393,6 +411,7 @@ pub struct Guest<'a> {
     pub qemu_args: Vec<String>,
     /// More directories QEMU may reach at the same path (e.g. for a QMP socket).
     pub socket_dirs: Vec<PathBuf>,
+    pub kernel: GuestKernel,
 }
 
 impl<'a> Guest<'a> {
@@ -406,7 +425,14 @@ impl<'a> Guest<'a> {
             allow_reboot: false,
             qemu_args: Vec::new(),
             socket_dirs: Vec::new(),
+            kernel: GuestKernel::Default,
         }
+    }
+
+    /// Boots `kernel` instead of the default one.
+    pub fn kernel(mut self, kernel: GuestKernel) -> Self {
+        self.kernel = kernel;
+        self
     }
 
     /// Starts the guest in the background; `script` becomes the job's run.sh (bash, with
@@ -433,7 +459,8 @@ impl<'a> Guest<'a> {
             .arg("--quiet")
             .args(["--smp", &self.smp.to_string()])
             .args(["--mem", &self.mem.to_string()])
-            .args(["--timeout", &self.timeout.to_string()]);
+            .args(["--timeout", &self.timeout.to_string()])
+            .args(["--kernel", self.kernel.arg()]);
         if !self.append.is_empty() {
             cmd.args(["--append", &self.append]);
         }
