@@ -5,17 +5,23 @@
 #         driver (epf-loopback HostQueue) on the same rings in host RAM, both polling, no
 #         notifications; direction tx (the driver posts device-readable buffers, the device
 #         copies the payload out, like virtio-user -> vhost-user) unless RING_DIR=rx.
-#         Columns: Mpps with two threads pinned to CPUs 0 and 1 (best of 3) and with one
-#         thread alternating driver and device passes; instructions per request of the
+#         Formats split and packed, each also with VIRTIO_F_IN_ORDER on both sides.
+#         Columns: Mpps with two threads pinned to CPUs 0 and 1 (best of 3), the same runs'
+#         best rate per second of the device thread's CPU time (Mpps per core, not counting
+#         time the shared machine gave to other work), and Mpps with one thread
+#         alternating driver and device passes; instructions per request of the
 #         device pass (callgrind, deterministic); the device's host-memory transactions
 #         and bytes per request (ring areas and payload apart), and a PCIe model: every
 #         read a 1 us round trip, writes posted (free), next to the minimum (one
 #         descriptor read and one used write per batch, plus the payload).
 #   dpdk  DPDK testpmd (Debian's dpdk-dev, 22.11): vhost-user (rxonly) <-> virtio-user
 #         (txonly), one forwarding core each, split (packed_vq=0) and packed (packed_vq=1),
-#         64 and 1500 byte packets, burst 32: the vhost side's receive rate (median of its
-#         last per-second rates).
-# The ratio column is ours (two threads) / DPDK for the same ring format and size.
+#         64 and 1500 byte packets, burst 32, and with in_order=1 for the in-order rows:
+#         the vhost side's receive rate (median of its last per-second rates), and that
+#         rate per second of CPU time of its forwarding thread (from /proc, over the
+#         same seconds).
+# The ratio column is ours / DPDK per core (device thread vs vhost forwarding thread), for
+# the same ring format, in-order setting and size.
 #
 # Usage: bench/ring.sh   (root: installs valgrind and dpdk-dev if missing)
 #   RING_REQUESTS=N (two-thread runs, default 10000000), RING_BATCHES="1 8 32"
@@ -44,47 +50,88 @@ trap cleanup EXIT
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
-# dpdk_pps PACKED(0|1) BYTES -> Mpps received by vhost-user
+# cpu_ticks PID -> "TID TICKS" of the process's thread with the most CPU time so far
+cpu_ticks() {
+	local t best=0 tid=0 n
+	for t in /proc/"$1"/task/*; do
+		n=$(sed 's/.*) //' "$t/stat" 2>/dev/null | awk '{print $12 + $13}') || continue
+		[[ -n $n ]] || continue
+		if ((n > best)); then best=$n tid=${t##*/}; fi
+	done
+	echo "$tid $best"
+}
+
+# thread_ticks PID TID -> utime + stime of that thread
+thread_ticks() { sed 's/.*) //' "/proc/$1/task/$2/stat" | awk '{print $12 + $13}'; }
+
+# dpdk_pps PACKED(0|1) IN_ORDER(0|1) BYTES -> "Mpps Mpps-per-CPU-second" received by
+# vhost-user (its forwarding thread's CPU time over the measured seconds)
 dpdk_pps() {
-	local packed=$1 bytes=$2 sock=$WORK/vhu-$1-$2.sock
-	local vh=$WORK/vh-$1-$2.log vu=$WORK/vu-$1-$2.log
+	local packed=$1 inorder=$2 bytes=$3 sock=$WORK/vhu-$1-$2-$3.sock
+	local vh=$WORK/vh-$1-$2-$3.log vu=$WORK/vu-$1-$2-$3.log
 	dpdk-testpmd --lcores 0@1,1@0 --no-pci --no-huge -m 1024 --file-prefix=ringbench-$$-vh \
 		--vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode=rxonly --nb-cores=1 \
-		--stats-period=1 >"$vh" 2>&1 &
+		--record-core-cycles --stats-period=1 >"$vh" 2>&1 &
 	local vhpid=$!
 	for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
 	dpdk-testpmd --lcores 0@0,1@1 --no-pci --no-huge -m 1024 --single-file-segments \
 		--file-prefix=ringbench-$$-vu \
-		--vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed" -- \
+		--vdev "net_virtio_user0,path=$sock,queues=1,packed_vq=$packed,in_order=$inorder" -- \
 		--forward-mode=txonly --txpkts="$bytes" --burst=32 --nb-cores=1 \
 		--stats-period=1 >"$vu" 2>&1 &
 	local vupid=$!
-	sleep 10
+	sleep 4
+	local tid t1 t2 w1 w2
+	read -r tid t1 < <(cpu_ticks "$vhpid")
+	w1=$(date +%s.%N)
+	sleep 6
+	t2=$(thread_ticks "$vhpid" "$tid" 2>/dev/null || echo 0)
+	w2=$(date +%s.%N)
 	kill -INT "$vupid" "$vhpid" 2>/dev/null || true
 	wait "$vupid" "$vhpid" 2>/dev/null || true
-	grep -a 'Rx-pps:' "$vh" | awk '{print $2}' | awk '$1 > 0' | tail -n 6 | sort -n |
-		awk '{v[NR]=$1} END { if (NR == 0) { print "nan"; exit } printf "%.3f\n", v[int((NR+1)/2)]/1e6 }'
+	local mpps
+	mpps=$(grep -a 'Rx-pps:' "$vh" | awk '{print $2}' | awk '$1 > 0' | tail -n 6 | sort -n |
+		awk '{v[NR]=$1} END { if (NR == 0) { print "nan"; exit } printf "%.3f\n", v[int((NR+1)/2)]/1e6 }')
+	# --record-core-cycles: "CPU cycles/packet=C (...) at F MHz Clock", counted over the
+	# bursts that received packets only: the forwarding core's busy time per packet.
+	local busy
+	busy=$(grep -a 'CPU cycles/packet=' "$vh" | tail -n1 |
+		sed -n 's/.*cycles\/packet=\([0-9.]*\).* at \([0-9]*\) MHz.*/\1 \2/p' |
+		awk '{ if ($2 > 0) printf "%.1f", $1 / $2 * 1000; else print "nan" }')
+	awk -v m="$mpps" -v d="$((t2 - t1))" -v hz="$(getconf CLK_TCK)" -v w1="$w1" -v w2="$w2" \
+		-v busy="${busy:-nan}" 'BEGIN {
+		frac = d / hz / (w2 - w1)
+		if (m == "nan" || frac <= 0) { printf "%s nan %s\n", m, busy; exit }
+		printf "%s %.3f %s\n", m, m / (frac > 1 ? 1 : frac), busy
+	}'
 }
 
-declare -A DPDK
+declare -A DPDK DPDKCPU DPDKNS
 echo "ring.sh: DPDK testpmd vhost-user <-> virtio-user (10 s each)..." >&2
-for fmt in split packed; do
+FORMATS="split split-in-order packed packed-in-order"
+for fmt in $FORMATS; do
 	for bytes in 64 1500; do
-		DPDK[$fmt-$bytes]=$(dpdk_pps "$([ $fmt = packed ] && echo 1 || echo 0)" "$bytes")
+		read -r DPDK[$fmt-$bytes] DPDKCPU[$fmt-$bytes] DPDKNS[$fmt-$bytes] < <(dpdk_pps \
+			"$([[ $fmt == packed* ]] && echo 1 || echo 0)" \
+			"$([[ $fmt == *-in-order ]] && echo 1 || echo 0)" "$bytes")
 	done
 done
 
-printf '%-6s %-3s %5s %5s | %7s %7s %6s | %6s %6s %6s %6s %8s | %7s %7s | %6s %6s %5s | %7s %5s\n' \
-	ring dir bytes batch "Mpps2t" "Mpps1t" "instr" "rd" "wr" "d-rd" "d-wr" "ringB" \
-	"link_us" "min_us" "txn" "mintxn" "x_min" "dpdk" "ratio"
-for fmt in split packed; do
+printf '%-15s %-3s %5s %5s | %7s %7s %6s %7s %6s | %6s %6s %6s %6s %8s | %7s %7s | %6s %6s %5s | %7s %7s %6s %5s\n' \
+	ring dir bytes batch "Mpps2t" "/core" "busyns" "Mpps1t" "instr" "rd" "wr" "d-rd" "d-wr" "ringB" \
+	"link_us" "min_us" "txn" "mintxn" "x_min" "dpdk" "/core" "busyns" "ratio"
+for fmt in $FORMATS; do
 	for bytes in 64 1500; do
 		for batch in $BATCHES; do
-			best=0
+			best=0 bestcpu=0 bestns=1e9
 			for _ in 1 2 3; do
 				line=$("$BIN" threads "$fmt" "$DIR" "$bytes" "$batch" "$REQUESTS")
 				m=$(field mpps "$line")
+				c=$(field mpps_per_dev_cpu "$line")
+				ns=$(field dev_busy_ns "$line")
 				best=$(awk -v a="$best" -v b="$m" 'BEGIN { print (b > a) ? b : a }')
+				bestcpu=$(awk -v a="$bestcpu" -v b="$c" 'BEGIN { print (b > a) ? b : a }')
+				bestns=$(awk -v a="$bestns" -v b="$ns" 'BEGIN { print (b < a) ? b : a }')
 			done
 			single=$("$BIN" single "$fmt" "$DIR" "$bytes" "$batch" 200000)
 			RING_BENCH_NO_COUNT=1 valgrind --tool=callgrind -q \
@@ -96,30 +143,37 @@ for fmt in split packed; do
 			drd=$(field data_reads "$single")
 			dwr=$(field data_writes "$single")
 			rb=$(awk -v a="$(field ring_read_bytes "$single")" -v b="$(field ring_write_bytes "$single")" 'BEGIN { printf "%.1f", a + b }')
-			dpdk=${DPDK[$fmt-$bytes]}
+			dpdk=${DPDK[$fmt-$bytes]} dpdkcpu=${DPDKCPU[$fmt-$bytes]} dpdkns=${DPDKNS[$fmt-$bytes]}
 			awk -v fmt="$fmt" -v dir="$DIR" -v bytes="$bytes" -v batch="$batch" \
-				-v m2="$best" -v m1="$(field mpps "$single")" -v ir="$ir" -v n="$CG_REQUESTS" \
-				-v rd="$rd" -v wr="$wr" -v drd="$drd" -v dwr="$dwr" -v rb="$rb" -v dpdk="$dpdk" 'BEGIN {
+				-v m2="$best" -v c2="$bestcpu" -v m1="$(field mpps "$single")" -v ir="$ir" -v n="$CG_REQUESTS" \
+				-v rd="$rd" -v wr="$wr" -v drd="$drd" -v dwr="$dwr" -v rb="$rb" -v dpdk="$dpdk" \
+				-v dpdkcpu="$dpdkcpu" -v ns="$bestns" -v dpdkns="$dpdkns" 'BEGIN {
 				link = (rd + drd) * 1.0
 				minrd = 1.0 / batch + (dir == "tx" ? 1 : 0)
 				txn = rd + wr + drd + dwr
 				mintxn = 2.0 / batch + 1
-				ratio = (dpdk + 0 > 0) ? sprintf("%.2f", m2 / dpdk) : "n/a"
-				printf "%-6s %-3s %5d %5d | %7.3f %7.3f %6.0f | %6.3f %6.3f %6.3f %6.3f %8.1f | %7.3f %7.3f | %6.3f %6.3f %5.2f | %7s %5s\n",
-					fmt, dir, bytes, batch, m2, m1, ir / n, rd, wr, drd, dwr, rb,
-					link, minrd, txn, mintxn, txn / mintxn, dpdk, ratio
+				ratio = (ns + 0 > 0 && dpdkns + 0 > 0) ? sprintf("%.2f", dpdkns / ns) : "n/a"
+				printf "%-15s %-3s %5d %5d | %7.3f %7.3f %6.1f %7.3f %6.0f | %6.3f %6.3f %6.3f %6.3f %8.1f | %7.3f %7.3f | %6.3f %6.3f %5.2f | %7s %7s %6s %5s\n",
+					fmt, dir, bytes, batch, m2, c2, ns, m1, ir / n, rd, wr, drd, dwr, rb,
+					link, minrd, txn, mintxn, txn / mintxn, dpdk, dpdkcpu, dpdkns, ratio
 			}'
 		done
 	done
 done
 cat <<'LEGEND'
-Mpps2t: two polling threads (driver, device), best of 3; Mpps1t: one thread alternating
+Mpps2t: two polling threads (driver, device), best of 3; /core: the best of the same runs'
+requests per second of the device thread's CPU time; busyns: the device's busy time per
+request, best of the 3 (wall time of the passes that found work; empty polls not counted);
+Mpps1t: one thread alternating
 driver and device passes; instr: device-pass instructions per request (callgrind; engine,
 payload copy and the loopback's host-memory checks); rd/wr: the device's ring-area
 transactions per request, d-rd/d-wr: payload transactions, ringB: ring bytes per request;
 link_us: PCIe model, reads x 1 us (round trips), writes posted; min_us: one descriptor read
 per batch (+ the payload read for tx); txn/mintxn: all transactions per request against the
 minimum (payload + one ring read and one ring write per batch), x_min their ratio; dpdk:
-testpmd vhost-user rxonly <- virtio-user txonly Mpps (same ring format and size, burst 32);
-ratio: Mpps2t / dpdk.
+testpmd vhost-user rxonly <- virtio-user txonly Mpps (same ring format, in-order setting
+and size, burst 32), /core: per second of its forwarding thread's CPU time, busyns: its
+--record-core-cycles busy cycles per packet in ns (bursts that received packets only);
+ratio: DPDK's busyns / ours: above 1, our device spends less core time per request than
+DPDK's vhost-user (the per-core goal).
 LEGEND

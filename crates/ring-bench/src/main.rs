@@ -3,7 +3,9 @@
 //! notifications or interrupts. Direction `tx`: the driver posts device-readable buffers of
 //! the given size (a transmit queue, like DPDK's virtio-user -> vhost-user), the device pops
 //! each chain and copies the payload out; `rx`: device-writable buffers the device fills.
-//! A device pass publishes its used entries with one `add_used_many`. Used by bench/ring.sh.
+//! A device pass publishes its used entries with one `add_used_many`; a driver pass its
+//! available buffers with one `avail.idx` store (split; DPDK's virtio driver does the same
+//! per burst, Linux per buffer). Used by bench/ring.sh.
 //!
 //! Modes:
 //! * `ring-bench threads FORMAT DIR BYTES BATCH REQUESTS`: two threads, the driver pinned
@@ -14,7 +16,14 @@
 //!   and a device pass (deterministic: for callgrind, whose `--toggle-collect` on
 //!   `device_pass` / `driver_pass` gives instructions per request).
 //!
-//! FORMAT is `split` or `packed`, DIR `tx` or `rx`; the queue has 256 entries. With
+//! FORMAT is `split` or `packed`, optionally with `-in-order` (VIRTIO_F_IN_ORDER on both
+//! sides: a pass's used entries become one), DIR `tx` or `rx`; the queue has 256 entries.
+//! The two-thread mode also reports each thread's CPU time, and the rate per second of the
+//! device thread's CPU (`mpps_per_dev_cpu`), which does not count time the machine gave to
+//! other work, and the device's busy time per request (`dev_busy_ns`: wall time of the
+//! device passes that found work, over the requests; polls of an empty ring are not
+//! counted, as DPDK testpmd's `--record-core-cycles` counts only bursts that received
+//! packets), with the requests a non-empty pass served on average (`dev_per_pass`). With
 //! `RING_BENCH_NO_COUNT=1` the device reaches host memory directly (no counting wrapper),
 //! for instruction counts of the engine alone.
 
@@ -34,6 +43,7 @@ const QUEUE_SIZE: u16 = 256;
 struct Args {
     threads: bool,
     packed: bool,
+    in_order: bool,
     tx: bool,
     bytes: u32,
     batch: usize,
@@ -41,7 +51,9 @@ struct Args {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: ring-bench threads|single split|packed tx|rx BYTES BATCH REQUESTS");
+    eprintln!(
+        "usage: ring-bench threads|single split|packed[-in-order] tx|rx BYTES BATCH REQUESTS"
+    );
     std::process::exit(2)
 }
 
@@ -55,7 +67,11 @@ fn parse() -> Args {
         "single" => false,
         _ => usage(),
     };
-    let packed = match a[1].as_str() {
+    let (format, in_order) = match a[1].strip_suffix("-in-order") {
+        Some(f) => (f, true),
+        None => (a[1].as_str(), false),
+    };
+    let packed = match format {
         "packed" => true,
         "split" => false,
         _ => usage(),
@@ -73,6 +89,7 @@ fn parse() -> Args {
     Args {
         threads,
         packed,
+        in_order,
         tx,
         bytes: num(&a[3]) as u32,
         batch,
@@ -112,6 +129,8 @@ fn device_pass(
     }
     if !elems.is_empty() {
         q.add_used_many(elems).expect("add_used_many");
+        // Publishes (in order: as batches); nothing to do otherwise.
+        q.flush_used().expect("flush_used");
     }
     elems.len()
 }
@@ -129,6 +148,20 @@ fn pin(cpu: usize) {
     if !ok {
         eprintln!("ring-bench: could not pin a thread to CPU {cpu}; running unpinned");
     }
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we own and reads nothing else.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Driver side state.
@@ -158,6 +191,7 @@ fn driver_pass(d: &mut Driver, batch: usize) {
         d.posted += 1;
         n += 1;
     }
+    d.q.publish_avail().expect("publish_avail");
 }
 
 fn main() {
@@ -169,6 +203,9 @@ fn main() {
         .expect("host queue");
     // Polling on both sides: the driver asks for no interrupts, the device for no kicks.
     hq.disable_cb().expect("disable_cb");
+    hq.set_in_order(args.in_order);
+    // One avail.idx store per driver pass (split), as DPDK's virtio-user does per burst.
+    hq.set_burst_publish(true);
     let cfg = QueueConfig {
         size: QUEUE_SIZE,
         desc_addr: hq.desc_addr(),
@@ -192,6 +229,7 @@ fn main() {
     }
     .expect("device queue");
     q.disable_notification().expect("disable_notification");
+    q.set_in_order(args.in_order);
     let before = counting.tally();
     let mut payload = vec![0x5au8; args.bytes as usize];
     let mut driver = Driver {
@@ -208,6 +246,10 @@ fn main() {
     let batch = args.batch;
     let tx = args.tx;
     let start = Instant::now();
+    // CPU seconds of the device and driver threads (two-thread mode).
+    let mut cpu = (f64::NAN, f64::NAN);
+    let mut busy_ns = f64::NAN;
+    let mut per_pass = f64::NAN;
     if args.threads {
         let done = Arc::new(AtomicBool::new(false));
         let dev_done = done.clone();
@@ -218,7 +260,11 @@ fn main() {
             let mut chain = DescriptorChain::new();
             let mut elems = Vec::with_capacity(batch);
             let mut served = 0u64;
+            let cpu0 = thread_cpu_secs();
+            let mut busy = std::time::Duration::ZERO;
+            let mut passes = 0u64;
             while served < total {
+                let t0 = Instant::now();
                 let n = device_pass(
                     &mut q,
                     &*dev_mem,
@@ -233,16 +279,25 @@ fn main() {
                         break;
                     }
                     std::hint::spin_loop();
+                } else {
+                    busy += t0.elapsed();
+                    passes += 1;
                 }
                 served += n as u64;
             }
-            served
+            (served, thread_cpu_secs() - cpu0, busy, passes)
         });
+        let cpu0 = thread_cpu_secs();
         while driver.completed < total {
             driver_pass(&mut driver, batch);
         }
+        let driver_cpu = thread_cpu_secs() - cpu0;
         done.store(true, Ordering::Relaxed);
-        assert_eq!(device.join().expect("device thread"), total);
+        let (served, device_cpu, busy, passes) = device.join().expect("device thread");
+        per_pass = served as f64 / passes.max(1) as f64;
+        assert_eq!(served, total);
+        cpu = (device_cpu, driver_cpu);
+        busy_ns = busy.as_nanos() as f64 / total as f64;
     } else {
         let mut chain = DescriptorChain::new();
         let mut elems = Vec::with_capacity(batch);
@@ -263,10 +318,12 @@ fn main() {
     let t = counting.tally();
     let per = |a: u64, b: u64| (a - b) as f64 / total as f64;
     println!(
-        "format={} dir={} bytes={} batch={} requests={} mode={} secs={:.3} mpps={:.3} \
+        "format={}{} dir={} bytes={} batch={} requests={} mode={} secs={:.3} mpps={:.3} \
+         dev_cpu_s={:.3} drv_cpu_s={:.3} mpps_per_dev_cpu={:.3} dev_busy_ns={:.1} dev_per_pass={:.1} \
          ring_reads={:.3} ring_read_bytes={:.1} ring_writes={:.3} ring_write_bytes={:.1} \
          data_reads={:.3} data_read_bytes={:.1} data_writes={:.3} data_write_bytes={:.1}",
         if args.packed { "packed" } else { "split" },
+        if args.in_order { "-in-order" } else { "" },
         if args.tx { "tx" } else { "rx" },
         args.bytes,
         batch,
@@ -274,6 +331,11 @@ fn main() {
         if args.threads { "threads" } else { "single" },
         secs,
         total as f64 / secs / 1e6,
+        cpu.0,
+        cpu.1,
+        total as f64 / cpu.0 / 1e6,
+        busy_ns,
+        per_pass,
         per(t.ring_reads, before.ring_reads),
         per(t.ring_read_bytes, before.ring_read_bytes),
         per(t.ring_writes, before.ring_writes),

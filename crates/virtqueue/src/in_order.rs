@@ -43,6 +43,9 @@ pub(crate) struct UsedBatch {
 #[derive(Debug, Default)]
 pub(crate) struct InOrder {
     pending: VecDeque<Popped>,
+    /// Index in `pending` of the oldest buffer not completed (every one before it is):
+    /// where a completion's search starts, so in-order completions cost O(1) each.
+    open: usize,
     /// Used entries not written because a batch's entry stood for them.
     pub elided: u64,
 }
@@ -61,11 +64,13 @@ impl InOrder {
     /// Forgets the most recent pop (`Queue::undo_pop`).
     pub fn undo_pop(&mut self) {
         self.pending.pop_back();
+        self.open = self.open.min(self.pending.len());
     }
 
     /// Forgets everything (ring indices were set from outside).
     pub fn clear(&mut self) {
         self.pending.clear();
+        self.open = 0;
     }
 
     /// Buffers popped and not yet published.
@@ -78,10 +83,25 @@ impl InOrder {
     /// completed, else nothing is marked and the error names the first offender.
     pub fn complete(&mut self, elems: &[(u16, u32)]) -> Result<(), QueueError> {
         for (k, &(head, len)) in elems.iter().enumerate() {
-            // Almost always the oldest outstanding buffer: search from the front.
+            // Almost always the oldest open buffer.
+            if let Some(p) = self.pending.get_mut(self.open) {
+                if p.head == head {
+                    p.done = Some(len);
+                    self.open += 1;
+                    while self
+                        .pending
+                        .get(self.open)
+                        .is_some_and(|p| p.done.is_some())
+                    {
+                        self.open += 1;
+                    }
+                    continue;
+                }
+            }
             match self
                 .pending
                 .iter_mut()
+                .skip(self.open)
                 .find(|p| p.head == head && p.done.is_none())
             {
                 Some(p) => p.done = Some(len),
@@ -89,6 +109,13 @@ impl InOrder {
                     self.unmark(&elems[..k]);
                     return Err(QueueError::UsedIdNotInFlight { id: head });
                 }
+            }
+            while self
+                .pending
+                .get(self.open)
+                .is_some_and(|p| p.done.is_some())
+            {
+                self.open += 1;
             }
         }
         Ok(())
@@ -106,6 +133,11 @@ impl InOrder {
                 p.done = None;
             }
         }
+        self.open = self
+            .pending
+            .iter()
+            .position(|p| p.done.is_none())
+            .unwrap_or(self.pending.len());
     }
 
     /// Takes the completed buffers at the front, oldest first, into used entries (`out`) and
@@ -115,23 +147,18 @@ impl InOrder {
     pub fn take_ready(&mut self, out: &mut Vec<UsedBatch>, heads: &mut Vec<u16>) {
         out.clear();
         heads.clear();
+        // Everything before `open` completed; the buffer at `open`, if any, did not.
+        let n = self.open;
         let mut count = 0u16;
         let mut span = 0u32;
-        while let Some(&Popped {
-            head,
-            writable,
-            span: s,
-            done: Some(len),
-        }) = self.pending.front()
-        {
-            self.pending.pop_front();
-            heads.push(head);
+        for (i, p) in self.pending.range(..n).enumerate() {
+            let len = p.done.unwrap_or(0);
+            heads.push(p.head);
             count += 1;
-            span += u32::from(s);
-            let last = !matches!(self.pending.front(), Some(p) if p.done.is_some());
-            if last || u64::from(len) != writable {
+            span += u32::from(p.span);
+            if i + 1 == n || u64::from(len) != p.writable {
                 out.push(UsedBatch {
-                    id: head,
+                    id: p.head,
                     len,
                     count,
                     span,
@@ -140,6 +167,8 @@ impl InOrder {
                 span = 0;
             }
         }
+        self.pending.drain(..n);
+        self.open = 0;
         self.elided += (heads.len() - out.len()) as u64;
     }
 }

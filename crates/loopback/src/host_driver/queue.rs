@@ -115,6 +115,9 @@ pub struct HostQueue {
     /// The used entry (id, len) of the batch being consumed: the buffers before `id` were
     /// skipped by the device and are used completely.
     pub(super) batch_last: Option<(u16, u32)>,
+    /// Split rings: `avail.idx` is stored by [`publish_avail`](HostQueue::publish_avail)
+    /// only, once per burst (as DPDK's virtio driver does), not by every `add`.
+    burst_publish: bool,
 }
 
 impl HostQueue {
@@ -147,6 +150,7 @@ impl HostQueue {
             packed: p.packed.then(|| PackedState::new(p.size)),
             in_order: p.in_order.then(VecDeque::new),
             batch_last: None,
+            burst_publish: false,
         };
         if q.packed.is_some() {
             // Driver event suppression: interrupts enabled, offset 0.
@@ -470,12 +474,32 @@ impl HostQueue {
         // virtio_wmb: descriptors and the ring entry before the index.
         fence(Ordering::Release);
         self.avail_idx_shadow = self.avail_idx_shadow.wrapping_add(1);
-        self.bus
-            .ram_write_u16(self.avail + AVAIL_IDX, self.avail_idx_shadow)?;
+        if !self.burst_publish {
+            self.bus
+                .ram_write_u16(self.avail + AVAIL_IDX, self.avail_idx_shadow)?;
+        }
         self.num_added = self.num_added.wrapping_add(1);
         if self.num_added == u16::MAX {
             // Linux: "very unlikely, but theoretically possible. Kick just in case."
             self.kick()?;
+        }
+        Ok(())
+    }
+
+    /// Split rings: with `on`, `add` writes the descriptors and the available-ring entry but
+    /// leaves `avail.idx` to [`publish_avail`](Self::publish_avail), one store per burst like
+    /// DPDK's virtio driver (Linux stores it per buffer). For benchmarks of the device side.
+    pub fn set_burst_publish(&mut self, on: bool) {
+        self.burst_publish = on && self.packed.is_none();
+    }
+
+    /// Stores `avail.idx` for everything added (after a Release fence); a no-op unless
+    /// [`set_burst_publish`](Self::set_burst_publish) is on.
+    pub fn publish_avail(&mut self) -> Result<()> {
+        if self.burst_publish {
+            fence(Ordering::Release);
+            self.bus
+                .ram_write_u16(self.avail + AVAIL_IDX, self.avail_idx_shadow)?;
         }
         Ok(())
     }
@@ -485,6 +509,7 @@ impl HostQueue {
     /// `virtqueue_kick_prepare`: whether the device wants a notification for what was added
     /// since the last call.
     pub fn kick_prepare(&mut self) -> Result<bool> {
+        self.publish_avail()?;
         if self.packed.is_some() {
             return self.packed_kick_prepare();
         }
