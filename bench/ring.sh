@@ -7,21 +7,24 @@
 #         copies the payload out, like virtio-user -> vhost-user) unless RING_DIR=rx.
 #         Formats split and packed, each also with VIRTIO_F_IN_ORDER on both sides.
 #         Columns: Mpps with two threads pinned to CPUs 0 and 1 (best of 3), the same runs'
-#         best rate per second of the device thread's CPU time (Mpps per core, not counting
-#         time the shared machine gave to other work), and Mpps with one thread
-#         alternating driver and device passes; instructions per request of the
+#         best rate per second of the device thread's CPU time, and the device's busy time
+#         per request (wall time of the passes that found work, best of 3); Mpps with one
+#         thread alternating driver and device passes; instructions per request of the
 #         device pass (callgrind, deterministic); the device's host-memory transactions
 #         and bytes per request (ring areas and payload apart), and a PCIe model: every
 #         read a 1 us round trip, writes posted (free), next to the minimum (one
-#         descriptor read and one used write per batch, plus the payload).
+#         descriptor read and one used write per batch, plus the payload). The driver
+#         stores avail.idx once per pass (split), as DPDK's virtio driver does per burst.
 #   dpdk  DPDK testpmd (Debian's dpdk-dev, 22.11): vhost-user (rxonly) <-> virtio-user
 #         (txonly), one forwarding core each, split (packed_vq=0) and packed (packed_vq=1),
 #         64 and 1500 byte packets, burst 32, and with in_order=1 for the in-order rows:
-#         the vhost side's receive rate (median of its last per-second rates), and that
-#         rate per second of CPU time of its forwarding thread (from /proc, over the
-#         same seconds).
-# The ratio column is ours / DPDK per core (device thread vs vhost forwarding thread), for
-# the same ring format, in-order setting and size.
+#         the vhost side's receive rate (median of its last per-second rates), that rate
+#         per second of CPU time of its forwarding thread (from /proc, over the same
+#         seconds), and its busy time per packet (--record-core-cycles: cycles of the bursts
+#         that received packets, over the packets, at the TSC rate testpmd reports).
+# The ratio column is DPDK's busy time per packet over our device's per request, for the
+# same ring format, in-order setting and size: the per-core comparison (above 1, our device
+# spends less of its core per request).
 #
 # Usage: bench/ring.sh   (root: installs valgrind and dpdk-dev if missing)
 #   RING_REQUESTS=N (two-thread runs, default 10000000), RING_BATCHES="1 8 32"
