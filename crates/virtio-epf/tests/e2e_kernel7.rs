@@ -107,21 +107,6 @@ const GUEST_CIDR: &str = "10.78.0.2/24";
 const XFER_BYTES: usize = 16 << 20;
 const XFER: &str = include_str!("../../../harness/xfer.py");
 
-/// `sha256=` of the line starting with `prefix`, which must report `XFER_BYTES` bytes.
-fn reported_sha<'a>(out: &'a str, prefix: &str) -> &'a str {
-    let l = out
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"));
-    assert!(
-        l.contains(&format!(" bytes={XFER_BYTES} ")),
-        "{prefix}: wrong size: {l}"
-    );
-    l.split_whitespace()
-        .find_map(|f| f.strip_prefix("sha256="))
-        .unwrap_or_else(|| panic!("no sha256 in {l}"))
-}
-
 #[test]
 fn net_carries_checksummed_traffic_in_order() {
     let ns = NetNs::new("k7net");
@@ -172,16 +157,7 @@ check "no receive errors" [ "$(cat /sys/class/net/$IF/statistics/rx_errors)" = 0
         .wait(Duration::from_secs(120))
         .expect("the transfer peer did not finish");
     println!("{peer_out}");
-    assert_eq!(
-        reported_sha(&run.output, "guest-sent"),
-        reported_sha(&peer_out, "peer-recv"),
-        "guest->peer data differs"
-    );
-    assert_eq!(
-        reported_sha(&peer_out, "peer-sent"),
-        reported_sha(&run.output, "guest-recv"),
-        "peer->guest data differs"
-    );
+    support::assert_xfer_intact(&run.output, &peer_out, XFER_BYTES);
     let stats = d.stats_text();
     println!("{stats}");
     // Transmit completions (length 0) of one pass go out as one used entry.

@@ -80,20 +80,6 @@ fn field<'a>(text: &'a str, line: &str, key: &str) -> Option<&'a str> {
     })
 }
 
-/// The SHA-256 a line `prefix bytes=N sha256=H ...` of `out` reports, with N checked.
-fn reported_sha<'a>(out: &'a str, prefix: &str) -> &'a str {
-    let l = out
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"));
-    assert_eq!(
-        field(l, prefix, "bytes"),
-        Some(XFER_BYTES.to_string().as_str()),
-        "{l}"
-    );
-    field(l, prefix, "sha256").unwrap()
-}
-
 /// Waits until the guest creates `/job/NAME`.
 fn await_step(job: &Path, name: &str, timeout: Duration) {
     let t = Instant::now();
@@ -283,16 +269,7 @@ check "ping after rebind" ping -c 5 -i 0.2 -W 5 -q {PEER}
         .wait(Duration::from_secs(60))
         .expect("transfer peer did not finish");
     println!("{peer_out}");
-    assert_eq!(
-        reported_sha(&run.output, "guest-sent"),
-        reported_sha(&peer_out, "peer-recv"),
-        "guest->peer data differs"
-    );
-    assert_eq!(
-        reported_sha(&peer_out, "peer-sent"),
-        reported_sha(&run.output, "guest-recv"),
-        "peer->guest data differs"
-    );
+    support::assert_xfer_intact(&run.output, &peer_out, XFER_BYTES);
     drop(iperf);
 
     let stats = d.stats_text();

@@ -828,3 +828,34 @@ check "received {len} bytes" [ "$(wc -c < /job/recv.bin)" = {len} ]
     assert!(recv == expected_in_guest, "backend->guest data differs");
     run
 }
+
+// ---- Checksummed transfers (harness/xfer.py) -------------------------------------------------
+
+/// The SHA-256 the line `prefix bytes=N sha256=H ...` of `out` reports; N must be `bytes`.
+fn xfer_sha<'a>(out: &'a str, prefix: &str, bytes: usize) -> &'a str {
+    let l = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no `{prefix}` line in:\n{out}"));
+    let value = |key: &str| {
+        l.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    };
+    assert_eq!(value("bytes"), Some(bytes.to_string().as_str()), "{l}");
+    value("sha256").unwrap_or_else(|| panic!("no sha256 in {l}"))
+}
+
+/// Both directions of an `xfer.py` run carried `bytes` bytes intact: the guest's
+/// `guest-sent`/`guest-recv` lines against the peer's `peer-recv`/`peer-sent`.
+pub fn assert_xfer_intact(guest_out: &str, peer_out: &str, bytes: usize) {
+    assert_eq!(
+        xfer_sha(guest_out, "guest-sent", bytes),
+        xfer_sha(peer_out, "peer-recv", bytes),
+        "guest->peer data differs"
+    );
+    assert_eq!(
+        xfer_sha(peer_out, "peer-sent", bytes),
+        xfer_sha(guest_out, "guest-recv", bytes),
+        "peer->guest data differs"
+    );
+}
