@@ -127,6 +127,12 @@ pub enum QueueError {
 
     /// Packed ring: the driver event suppression flags are reserved (3), or DESC (2) without
     /// VIRTIO_F_EVENT_IDX.
+    /// VIRTIO_F_IN_ORDER, split ring: a chain was made available while as many buffers as
+    /// the queue has descriptors were popped and not yet used (only a driver that re-posts
+    /// descriptors still in flight can do that).
+    #[error("in-order queue: more than {size} buffers in flight")]
+    InOrderOverrun { size: u16 },
+
     #[error("packed ring: invalid driver event suppression flags {flags}")]
     BadEventFlags { flags: u16 },
 

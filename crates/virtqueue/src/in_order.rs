@@ -74,7 +74,6 @@ impl InOrder {
     }
 
     /// Buffers popped and not yet published.
-    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.pending.len()
     }

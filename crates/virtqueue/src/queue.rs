@@ -402,6 +402,13 @@ impl Queue {
                 return Ok(false);
             }
             let size = self.cfg.size;
+            if self
+                .in_order
+                .as_ref()
+                .is_some_and(|o| o.outstanding() >= usize::from(size))
+            {
+                return Err(QueueError::InOrderOverrun { size });
+            }
             let head = self.cache.avail_entry(
                 &*self.mem,
                 self.cfg.avail_addr,

@@ -314,3 +314,32 @@ fn burst_publication_shows_a_burst_with_one_index_store() {
     }
     assert!(!p.dev.pop(&mut c).unwrap());
 }
+
+/// A driver that makes a descriptor available again while it is in flight (re-posting a
+/// head through the raw helpers) cannot grow the in-order bookkeeping past the queue size:
+/// the pop that would exceed it fails (DEVICE_NEEDS_RESET for the transport), and nothing
+/// outside host memory was touched.
+#[test]
+fn re_posted_heads_cannot_grow_the_in_order_state_past_the_queue_size() {
+    let mut p = pair(4, false, false);
+    let buf = p.bus.alloc(16, 8).unwrap();
+    let head = p.drv.add(&[(buf, 16, true)]).unwrap();
+    // Pop everything the driver makes available, completing nothing but the newest, so
+    // the oldest holds everything back.
+    let mut popped = 0;
+    let err = loop {
+        let mut c = DescriptorChain::default();
+        match p.dev.pop(&mut c) {
+            Ok(true) => popped += 1,
+            Ok(false) => p.drv.push_avail_raw(head).unwrap(),
+            Err(e) => break e,
+        }
+        assert!(popped <= 4, "popped {popped} on a queue of 4");
+    };
+    assert!(
+        matches!(err, epf_virtqueue::QueueError::InOrderOverrun { size: 4 }),
+        "{err}"
+    );
+    assert_eq!(popped, 4);
+    assert_eq!(p.c.oob_attempts(), 0);
+}
