@@ -46,6 +46,10 @@ pub(crate) struct InOrder {
     /// Index in `pending` of the oldest buffer not completed (every one before it is):
     /// where a completion's search starts, so in-order completions cost O(1) each.
     open: usize,
+    /// What the last [`take_ready`](Self::take_ready) took: the used entries to write and
+    /// the heads they publish, oldest first (kept to reuse their allocations).
+    pub batches: Vec<UsedBatch>,
+    pub retired: Vec<u16>,
     /// Used entries not written because a batch's entry stood for them.
     pub elided: u64,
 }
@@ -139,11 +143,12 @@ impl InOrder {
             .unwrap_or(self.pending.len());
     }
 
-    /// Takes the completed buffers at the front, oldest first, into used entries (`out`) and
-    /// their heads (`heads`, in order); both are cleared first. A batch ends at a buffer
-    /// that cannot be skipped (written less, or more, than its writable bytes) and at the
-    /// last completed one.
-    pub fn take_ready(&mut self, out: &mut Vec<UsedBatch>, heads: &mut Vec<u16>) {
+    /// Takes the completed buffers at the front, oldest first, into used entries
+    /// (`batches`) and their heads (`retired`, in order), replacing what was there. A batch
+    /// ends at a buffer that cannot be skipped (written less, or more, than its writable
+    /// bytes) and at the last completed one.
+    pub fn take_ready(&mut self) {
+        let (out, heads) = (&mut self.batches, &mut self.retired);
         out.clear();
         heads.clear();
         // Everything before `open` completed; the buffer at `open`, if any, did not.
@@ -193,10 +198,9 @@ mod tests {
         }
         o.complete(&[(0, 100), (1, 100), (2, 40), (3, 100), (4, 100)])
             .unwrap();
-        let (mut out, mut heads) = (Vec::new(), Vec::new());
-        o.take_ready(&mut out, &mut heads);
-        assert_eq!(out, vec![batch(2, 40, 3), batch(4, 100, 2)]);
-        assert_eq!(heads, vec![0, 1, 2, 3, 4]);
+        o.take_ready();
+        assert_eq!(o.batches, vec![batch(2, 40, 3), batch(4, 100, 2)]);
+        assert_eq!(o.retired, vec![0, 1, 2, 3, 4]);
         assert_eq!(o.elided, 3);
         assert_eq!(o.outstanding(), 1);
     }
@@ -206,14 +210,13 @@ mod tests {
         let mut o = InOrder::default();
         o.popped(7, 0, 2);
         o.popped(3, 0, 1);
-        let (mut out, mut heads) = (Vec::new(), Vec::new());
         o.complete(&[(3, 0)]).unwrap();
-        o.take_ready(&mut out, &mut heads);
-        assert!(out.is_empty() && heads.is_empty());
+        o.take_ready();
+        assert!(o.batches.is_empty() && o.retired.is_empty());
         o.complete(&[(7, 0)]).unwrap();
-        o.take_ready(&mut out, &mut heads);
+        o.take_ready();
         assert_eq!(
-            out,
+            o.batches,
             vec![UsedBatch {
                 id: 3,
                 len: 0,
@@ -221,7 +224,7 @@ mod tests {
                 span: 3
             }]
         );
-        assert_eq!(heads, vec![7, 3]);
+        assert_eq!(o.retired, vec![7, 3]);
     }
 
     #[test]
@@ -237,11 +240,10 @@ mod tests {
             o.complete(&[(2, 8), (2, 8)]),
             Err(QueueError::UsedIdNotInFlight { id: 2 })
         ));
-        let (mut out, mut heads) = (Vec::new(), Vec::new());
-        o.take_ready(&mut out, &mut heads);
-        assert!(out.is_empty(), "nothing was completed");
+        o.take_ready();
+        assert!(o.batches.is_empty(), "nothing was completed");
         o.complete(&[(1, 8), (2, 8)]).unwrap();
-        o.take_ready(&mut out, &mut heads);
-        assert_eq!(out, vec![batch(2, 8, 2)]);
+        o.take_ready();
+        assert_eq!(o.batches, vec![batch(2, 8, 2)]);
     }
 }

@@ -24,7 +24,7 @@
 //! `avail.idx` lies behind what was popped; packed: the descriptor flags, still checked,
 //! show nothing available).
 
-use crate::in_order::{InOrder, UsedBatch};
+use crate::in_order::InOrder;
 use crate::layout::{self, Ring};
 use crate::packed::PackedRing;
 use crate::split_cache::SplitCache;
@@ -98,9 +98,6 @@ pub struct Queue {
     cache: Box<SplitCache>,
     /// The buffers popped and not yet published, when VIRTIO_F_IN_ORDER is in use.
     in_order: Option<Box<InOrder>>,
-    /// Scratch for in-order publication: the used entries and the heads they retire.
-    batches: Vec<UsedBatch>,
-    retired: Vec<u16>,
     stats: QueueStats,
 }
 
@@ -172,8 +169,6 @@ impl Queue {
             last_pop: None,
             cache: Box::new(SplitCache::new()),
             in_order: None,
-            batches: Vec::new(),
-            retired: Vec::new(),
             stats: QueueStats::default(),
         })
     }
@@ -209,8 +204,6 @@ impl Queue {
             last_pop: None,
             cache: Box::new(SplitCache::new()),
             in_order: None,
-            batches: Vec::new(),
-            retired: Vec::new(),
             stats: QueueStats::default(),
         })
     }
@@ -594,16 +587,16 @@ impl Queue {
         let Some(o) = self.in_order.as_mut() else {
             return Ok(());
         };
-        o.take_ready(&mut self.batches, &mut self.retired);
-        if self.batches.is_empty() {
+        o.take_ready();
+        if o.batches.is_empty() {
             return Ok(());
         }
         if let Some(p) = &mut self.packed {
-            return p.add_used_batches(&*self.mem, &self.batches, &self.retired);
+            return p.add_used_batches(&*self.mem, &o.batches, &o.retired);
         }
         let size = self.cfg.size;
         let mut idx = self.next_used;
-        for b in &self.batches {
+        for b in &o.batches {
             let mut elem = [0u8; layout::USED_ELEM_SIZE as usize];
             elem[..4].copy_from_slice(&u32::from(b.id).to_le_bytes());
             elem[4..].copy_from_slice(&b.len.to_le_bytes());
@@ -614,7 +607,7 @@ impl Queue {
         fence(Ordering::Release);
         self.mem
             .write_u16(layout::used_idx_addr(self.cfg.used_addr), idx)?;
-        let n = self.retired.len() as u32;
+        let n = o.retired.len() as u32;
         self.next_used = idx;
         self.unsignalled = self.unsignalled.saturating_add(n);
         Ok(())
