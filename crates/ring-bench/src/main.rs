@@ -260,38 +260,41 @@ fn main() {
         let dev_done = done.clone();
         let dev_mem = mem.clone();
         pin(0);
-        let device = std::thread::spawn(move || {
-            pin(1);
-            let mut chain = DescriptorChain::new();
-            let mut elems = Vec::with_capacity(batch);
-            let mut served = 0u64;
-            let cpu0 = thread_cpu_secs();
-            let mut busy = std::time::Duration::ZERO;
-            let mut passes = 0u64;
-            while served < total {
-                let t0 = Instant::now();
-                let n = device_pass(
-                    &mut q,
-                    &*dev_mem,
-                    &mut chain,
-                    &mut payload,
-                    tx,
-                    batch,
-                    &mut elems,
-                );
-                if n == 0 {
-                    if dev_done.load(Ordering::Relaxed) {
-                        break;
+        let device = std::thread::Builder::new()
+            .name("device".into())
+            .spawn(move || {
+                pin(1);
+                let mut chain = DescriptorChain::new();
+                let mut elems = Vec::with_capacity(batch);
+                let mut served = 0u64;
+                let cpu0 = thread_cpu_secs();
+                let mut busy = std::time::Duration::ZERO;
+                let mut passes = 0u64;
+                while served < total {
+                    let t0 = Instant::now();
+                    let n = device_pass(
+                        &mut q,
+                        &*dev_mem,
+                        &mut chain,
+                        &mut payload,
+                        tx,
+                        batch,
+                        &mut elems,
+                    );
+                    if n == 0 {
+                        if dev_done.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        std::hint::spin_loop();
+                    } else {
+                        busy += t0.elapsed();
+                        passes += 1;
                     }
-                    std::hint::spin_loop();
-                } else {
-                    busy += t0.elapsed();
-                    passes += 1;
+                    served += n as u64;
                 }
-                served += n as u64;
-            }
-            (served, thread_cpu_secs() - cpu0, busy, passes)
-        });
+                (served, thread_cpu_secs() - cpu0, busy, passes)
+            })
+            .expect("device thread");
         let cpu0 = thread_cpu_secs();
         while driver.completed < total {
             driver_pass(&mut driver, batch);
