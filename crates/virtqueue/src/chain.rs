@@ -220,12 +220,19 @@ impl std::fmt::Debug for ChainReader<'_> {
 
 impl ChainReader<'_> {
     /// Copies as many bytes as are available (up to `buf.len()`) into `buf`; returns how many.
+    #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, QueueError> {
         if let Some(addr) = self.cursor.within_segment(buf.len()) {
             self.mem.read(addr, buf)?;
             self.cursor.advance(buf.len());
             return Ok(buf.len());
         }
+        self.read_pieces(buf)
+    }
+
+    /// [`read`](Self::read) across segment boundaries.
+    #[inline(never)]
+    fn read_pieces(&mut self, buf: &mut [u8]) -> Result<usize, QueueError> {
         let mut n = 0;
         while n < buf.len() {
             let Some((addr, len)) = self.cursor.piece(buf.len() - n) else {
@@ -288,12 +295,19 @@ impl std::fmt::Debug for ChainWriter<'_> {
 
 impl ChainWriter<'_> {
     /// Copies as much of `data` as fits; returns how many bytes were written.
+    #[inline]
     pub fn write(&mut self, data: &[u8]) -> Result<usize, QueueError> {
         if let Some(addr) = self.cursor.within_segment(data.len()) {
             self.mem.write(addr, data)?;
             self.cursor.advance(data.len());
             return Ok(data.len());
         }
+        self.write_pieces(data)
+    }
+
+    /// [`write`](Self::write) across segment boundaries.
+    #[inline(never)]
+    fn write_pieces(&mut self, data: &[u8]) -> Result<usize, QueueError> {
         let mut n = 0;
         while n < data.len() {
             let Some((addr, len)) = self.cursor.piece(data.len() - n) else {

@@ -391,7 +391,8 @@ impl Queue {
                 return Ok(false);
             }
         } else {
-            if !self.has_available()? {
+            // Entries known to be pending need no look at the ring or the hint.
+            if self.avail_idx == self.next_avail && !self.has_available()? {
                 return Ok(false);
             }
             let size = self.cfg.size;

@@ -49,6 +49,7 @@ impl SplitCache {
     /// (`size` entries), which the driver published (`idx` is below `avail_idx`, the index
     /// the queue knows). On a miss, reads from `idx` up to `avail_idx`, at most
     /// [`AVAIL_BATCH`] entries and not past the ring's end, in one read.
+    #[inline]
     pub(crate) fn avail_entry(
         &mut self,
         mem: &dyn HostMemory,
@@ -58,9 +59,23 @@ impl SplitCache {
         avail_idx: u16,
     ) -> Result<u16, QueueError> {
         let off = idx.wrapping_sub(self.first);
-        if off < self.len {
-            return Ok(self.entries[usize::from(off)]);
+        match self.entries.get(usize::from(off)) {
+            Some(&e) if off < self.len => Ok(e),
+            _ => self.fetch(mem, avail_addr, size, idx, avail_idx),
         }
+    }
+
+    /// The miss path of [`avail_entry`](Self::avail_entry): one read of the entries from
+    /// `idx`.
+    #[inline(never)]
+    fn fetch(
+        &mut self,
+        mem: &dyn HostMemory,
+        avail_addr: u64,
+        size: u16,
+        idx: u16,
+        avail_idx: u16,
+    ) -> Result<u16, QueueError> {
         let pending = avail_idx.wrapping_sub(idx).max(1);
         let to_end = size - idx % size;
         let n = pending.min(AVAIL_BATCH as u16).min(to_end);

@@ -28,7 +28,7 @@
 //! requires. An indirect descriptor may appear anywhere in a direct chain, but since it cannot
 //! have NEXT it is necessarily the last one.
 
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT};
 use crate::layout::{self, DESC_SIZE};
 use crate::{DescriptorChain, QueueError, Segment};
 use epf_epc::{HostMemError, HostMemory};
@@ -86,6 +86,7 @@ impl BlockCache {
     }
 
     /// The 16 wire bytes of descriptor `idx` (`< table.entries`) of `table`.
+    #[inline]
     pub(crate) fn get_raw(
         &mut self,
         mem: &dyn HostMemory,
@@ -94,6 +95,20 @@ impl BlockCache {
     ) -> Result<[u8; DESC_SIZE as usize], QueueError> {
         debug_assert!(idx < table.entries);
         if idx < self.first || idx - self.first >= self.count {
+            self.fill(mem, table, idx)?;
+        }
+        let off = ((idx - self.first) as usize) * DESC_SIZE as usize;
+        let mut raw = [0; DESC_SIZE as usize];
+        if let Some(b) = self.buf.get(off..off + DESC_SIZE as usize) {
+            raw.copy_from_slice(b);
+        }
+        Ok(raw)
+    }
+
+    /// Reads the aligned block holding descriptor `idx` (the miss path of `get_raw`).
+    #[inline(never)]
+    fn fill(&mut self, mem: &dyn HostMemory, table: Table, idx: u32) -> Result<(), QueueError> {
+        {
             let first = idx - idx % BLOCK;
             let count = BLOCK.min(table.entries - first);
             let bytes = (count as usize) * DESC_SIZE as usize;
@@ -105,10 +120,7 @@ impl BlockCache {
             self.first = first;
             self.count = count;
         }
-        let off = ((idx - self.first) as usize) * DESC_SIZE as usize;
-        let mut raw = [0; DESC_SIZE as usize];
-        raw.copy_from_slice(&self.buf[off..off + DESC_SIZE as usize]);
-        Ok(raw)
+        Ok(())
     }
 }
 
@@ -148,6 +160,7 @@ impl<'a> Walk<'a> {
     }
 
     /// Validates one data (non-indirect) descriptor and records it.
+    #[inline(always)]
     pub(crate) fn data(
         &mut self,
         d: &Descriptor,
@@ -290,15 +303,14 @@ pub(crate) fn walk_chain(
         entries: u32::from(size),
     };
     let mut walk = Walk::new(mem, head);
-    let mut idx = head;
-    let mut visited = 0u32;
+    let mut d = cache.get(mem, table, u32::from(head))?;
+    chain.count_descriptor();
+    if d.flags & (VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_INDIRECT) == 0 {
+        // The common chain: one buffer.
+        return walk.data(&d, chain);
+    }
+    let mut visited = 1u32;
     loop {
-        if visited >= u32::from(size) {
-            return Err(QueueError::DescriptorLoop { head });
-        }
-        visited += 1;
-        chain.count_descriptor();
-        let d = cache.get(mem, table, u32::from(idx))?;
         if d.is_indirect() {
             // The indirect table gets a cache of its own: the direct table's block stays.
             return walk.indirect(&d, &mut BlockCache::new(), chain);
@@ -314,6 +326,11 @@ pub(crate) fn walk_chain(
                 limit: size,
             });
         }
-        idx = d.next;
+        if visited >= u32::from(size) {
+            return Err(QueueError::DescriptorLoop { head });
+        }
+        visited += 1;
+        chain.count_descriptor();
+        d = cache.get(mem, table, u32::from(d.next))?;
     }
 }
