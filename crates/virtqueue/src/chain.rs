@@ -106,6 +106,7 @@ impl DescriptorChain {
     }
 
     /// Appends a validated, non-empty buffer.
+    #[inline]
     pub(crate) fn push(&mut self, seg: Segment, writable: bool) {
         if writable {
             self.writable.push(seg);

@@ -328,7 +328,8 @@ impl PackedRing {
             base: self.desc,
             entries: u32::from(size),
         };
-        let mut cache = BlockCache::new();
+        // Only chains longer than what was prefetched need it (not zeroed per pop).
+        let mut cache: Option<BlockCache> = None;
         let mut at = start;
         let mut n = 0u16;
         // The first descriptor and the members that were read with it come from the
@@ -368,7 +369,11 @@ impl PackedRing {
                 rest = &rest[DESC_SIZE as usize..];
             } else {
                 rest = &[];
-                raw = cache.get_raw(mem, ring, u32::from(at.pos))?;
+                raw = cache.get_or_insert_with(BlockCache::new).get_raw(
+                    mem,
+                    ring,
+                    u32::from(at.pos),
+                )?;
             }
         }
     }
