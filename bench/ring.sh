@@ -109,22 +109,19 @@ dpdk_pps() {
 	}'
 }
 
-declare -A DPDK DPDKCPU DPDKNS
-echo "ring.sh: DPDK testpmd vhost-user <-> virtio-user (10 s each)..." >&2
+echo "ring.sh: each row pair runs DPDK testpmd vhost-user <-> virtio-user (10 s), then ours" >&2
 FORMATS="split split-in-order packed packed-in-order"
-for fmt in $FORMATS; do
-	for bytes in 64 1500; do
-		read -r DPDK[$fmt-$bytes] DPDKCPU[$fmt-$bytes] DPDKNS[$fmt-$bytes] < <(dpdk_pps \
-			"$([[ $fmt == packed* ]] && echo 1 || echo 0)" \
-			"$([[ $fmt == *-in-order ]] && echo 1 || echo 0)" "$bytes")
-	done
-done
 
 printf '%-15s %-3s %5s %5s | %7s %7s %6s %7s %6s | %6s %6s %6s %6s %8s | %7s %7s | %6s %6s %5s | %7s %7s %6s %5s\n' \
 	ring dir bytes batch "Mpps2t" "/core" "busyns" "Mpps1t" "instr" "rd" "wr" "d-rd" "d-wr" "ringB" \
 	"link_us" "min_us" "txn" "mintxn" "x_min" "dpdk" "/core" "busyns" "ratio"
 for fmt in $FORMATS; do
 	for bytes in 64 1500; do
+		# DPDK right before ours: this machine's speed drifts over minutes (its vCPUs move
+		# between host cores), so the two sides of a ratio are measured together.
+		read -r dpdk dpdkcpu dpdkns < <(dpdk_pps \
+			"$([[ $fmt == packed* ]] && echo 1 || echo 0)" \
+			"$([[ $fmt == *-in-order ]] && echo 1 || echo 0)" "$bytes")
 		for batch in $BATCHES; do
 			best=0 bestcpu=0 bestns=1e9
 			for _ in 1 2 3; do
@@ -146,7 +143,6 @@ for fmt in $FORMATS; do
 			drd=$(field data_reads "$single")
 			dwr=$(field data_writes "$single")
 			rb=$(awk -v a="$(field ring_read_bytes "$single")" -v b="$(field ring_write_bytes "$single")" 'BEGIN { printf "%.1f", a + b }')
-			dpdk=${DPDK[$fmt-$bytes]} dpdkcpu=${DPDKCPU[$fmt-$bytes]} dpdkns=${DPDKNS[$fmt-$bytes]}
 			awk -v fmt="$fmt" -v dir="$DIR" -v bytes="$bytes" -v batch="$batch" \
 				-v m2="$best" -v c2="$bestcpu" -v m1="$(field mpps "$single")" -v ir="$ir" -v n="$CG_REQUESTS" \
 				-v rd="$rd" -v wr="$wr" -v drd="$drd" -v dwr="$dwr" -v rb="$rb" -v dpdk="$dpdk" \
