@@ -98,6 +98,16 @@ impl Prefetch {
         u16::from_le_bytes([self.buf[o], self.buf[o + 1]])
     }
 
+    /// The flags words of the buffer's descriptors `from..to` (`to <= len`), in order.
+    fn flags_in(&self, from: u16, to: u16) -> impl Iterator<Item = u16> + '_ {
+        let f = FLAGS_OFFSET as usize;
+        self.buf
+            .get(usize::from(from) * D..usize::from(to) * D)
+            .unwrap_or(&[])
+            .chunks_exact(D)
+            .map(move |d| u16::from_le_bytes([d[f], d[f + 1]]))
+    }
+
     /// `n` descriptors were read into the buffer: what was pending becomes trusted, then the
     /// heads among the first `announced` descriptors (announced by the driver's notification
     /// data, so written before this read) whose flags show them available, and the
@@ -111,21 +121,24 @@ impl Prefetch {
         // A trusted head with NEXT is the last of its run: what follows are its members.
         let mut open = seen == 0 || self.flags(seen - 1) & VIRTQ_DESC_F_NEXT == 0;
         let mut i = seen;
-        while open && i < announced.min(n) {
-            let f = self.flags(i);
-            if !is_available(f, wrap) {
-                open = false;
-                break;
+        if open {
+            for f in self.flags_in(seen, announced.min(n).max(seen)) {
+                if !is_available(f, wrap) {
+                    open = false;
+                    break;
+                }
+                i += 1;
+                if f & VIRTQ_DESC_F_NEXT != 0 {
+                    open = false;
+                    break;
+                }
             }
-            i += 1;
-            open = f & VIRTQ_DESC_F_NEXT == 0;
         }
         self.trusted = i;
         if self.trusted == 0 || !open {
             return;
         }
-        while i < n {
-            let f = self.flags(i);
+        for f in self.flags_in(i, n) {
             if !is_available(f, wrap) {
                 break;
             }
