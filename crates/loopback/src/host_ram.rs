@@ -59,6 +59,12 @@ impl ArenaMemory {
         })
     }
 
+    /// The arena's memfd, to hand to another mapper of the same RAM (as QEMU hands guest
+    /// RAM to a vfio-user server).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.mem.raw_fd()
+    }
+
     /// Bus address of the first byte.
     pub fn base(&self) -> u64 {
         self.base

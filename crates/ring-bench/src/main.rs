@@ -26,7 +26,10 @@
 //! counted, as DPDK testpmd's `--record-core-cycles` counts only bursts that received
 //! packets), with the requests a non-empty pass served on average (`dev_per_pass`). With
 //! `RING_BENCH_NO_COUNT=1` the single-thread mode too reaches host memory directly (no
-//! counting wrapper), for instruction counts of the engine alone.
+//! counting wrapper), for instruction counts of the engine alone. With
+//! `RING_BENCH_MEMORY=vfio-user` the device reaches the same RAM through the vfio-user
+//! link's host memory (`epf_vfio_user::DmaTable`, the RAM's memfd mapped as a client's
+//! DMA_MAP is) instead of the loopback's arena.
 
 mod counting;
 
@@ -136,6 +139,24 @@ fn device_pass(
     elems.len()
 }
 
+/// The loopback's host RAM as the vfio-user link gives it to a function: the same memfd,
+/// mapped again through `epf_vfio_user::DmaTable` as a client's DMA_MAP is, so the device
+/// pays that implementation's per-access costs (mapping lookup, lock).
+fn vfio_user_memory(c: &LoopbackController) -> Arc<dyn HostMemory> {
+    let ram = c.ram();
+    let fd = ram.raw_fd().expect("loopback RAM is a memfd");
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the arena keeps open for its lifetime (and
+    // `ram` holds the arena); the result is a new descriptor nobody else owns.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    assert!(dup >= 0, "dup of the RAM memfd failed");
+    // SAFETY: `dup` is a fresh, open descriptor owned by nothing else.
+    let dup = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    Arc::new(
+        epf_vfio_user::DmaTable::with_mapping(ram.base(), dup, ram.size())
+            .expect("DMA-map the loopback RAM"),
+    )
+}
+
 /// Pins the calling thread to `cpu` (best effort: a machine with fewer CPUs, or a refused
 /// call, leaves it unpinned, and the run says so on stderr).
 fn pin(cpu: usize) {
@@ -222,11 +243,15 @@ fn main() {
     // 32), so the timed two-thread runs reach memory directly and only the deterministic
     // single-thread mode counts.
     let count = !args.threads && std::env::var_os("RING_BENCH_NO_COUNT").is_none();
-    let mem: Arc<dyn HostMemory> = if !count {
-        c.host_memory()
-    } else {
-        counting.clone()
+    let direct = match std::env::var("RING_BENCH_MEMORY").as_deref() {
+        Ok("vfio-user") => vfio_user_memory(&c),
+        Ok("loopback") | Err(_) => c.host_memory(),
+        Ok(other) => {
+            eprintln!("ring-bench: RING_BENCH_MEMORY={other}: expected loopback or vfio-user");
+            std::process::exit(2)
+        }
     };
+    let mem: Arc<dyn HostMemory> = if !count { direct } else { counting.clone() };
     let mut q = if args.packed {
         Queue::new_packed(cfg, mem.clone(), false)
     } else {

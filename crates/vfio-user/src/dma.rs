@@ -17,7 +17,6 @@
 
 use epf_epc::sync;
 use epf_epc::{HostMemError, HostMemory, SharedMemory, IN_PLACE_MAX_RANGES};
-use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -101,10 +100,63 @@ const LOCAL_FS_MAGICS: [i64; 5] = [0x0102_1994, 0x9584_58f6, 0xef53, 0x5846_5342
 /// far below what sparse files could make us reserve of our address space.
 pub(crate) const MAX_DMA_BYTES: u64 = 256 << 30;
 
-/// The set of mappings, keyed by IOVA.
+/// The set of mappings, keyed by IOVA: the host memory a function reaches through the
+/// vfio-user link.
 #[derive(Debug, Default)]
-pub(crate) struct DmaTable {
-    maps: RwLock<BTreeMap<u64, DmaMap>>,
+pub struct DmaTable {
+    maps: RwLock<Maps>,
+}
+
+/// Non-overlapping mappings sorted by IOVA. A sorted vector rather than a tree: every
+/// access looks one up (a binary search over a few entries: QEMU maps guest RAM in one to
+/// three pieces), while maps and unmaps are rare and bounded by `MAX_DMA_MAPS`.
+#[derive(Debug, Default)]
+struct Maps(Vec<(u64, DmaMap)>);
+
+impl Maps {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &DmaMap> {
+        self.0.iter().map(|(_, m)| m)
+    }
+
+    /// Index of the first mapping starting above `iova`.
+    fn after(&self, iova: u64) -> usize {
+        self.0.partition_point(|&(b, _)| b <= iova)
+    }
+
+    /// The mapping starting at or below `iova` that starts last, with its IOVA.
+    fn at_or_below(&self, iova: u64) -> Option<(u64, &DmaMap)> {
+        let i = self.after(iova).checked_sub(1)?;
+        self.0.get(i).map(|(b, m)| (*b, m))
+    }
+
+    /// The mapping starting below `iova` that starts last, with its IOVA.
+    fn below(&self, iova: u64) -> Option<(u64, &DmaMap)> {
+        let i = self.0.partition_point(|&(b, _)| b < iova).checked_sub(1)?;
+        self.0.get(i).map(|(b, m)| (*b, m))
+    }
+
+    /// The first mapping starting at or above `iova`, with its IOVA.
+    fn at_or_above(&self, iova: u64) -> Option<(u64, &DmaMap)> {
+        let i = self.0.partition_point(|&(b, _)| b < iova);
+        self.0.get(i).map(|(b, m)| (*b, m))
+    }
+
+    /// Adds a mapping the caller checked not to overlap any.
+    fn insert(&mut self, iova: u64, map: DmaMap) {
+        let i = self.after(iova);
+        self.0.insert(i, (iova, map));
+    }
+
+    /// The mappings starting in `[iova, end)`, as a range of indices.
+    fn starting_in(&self, iova: u64, end: u64) -> std::ops::Range<usize> {
+        let from = self.0.partition_point(|&(b, _)| b < iova);
+        let to = self.0.partition_point(|&(b, _)| b < end);
+        from..to.max(from)
+    }
 }
 
 /// A piece of an access that falls into one mapping.
@@ -118,16 +170,35 @@ struct Segment<'a> {
 }
 
 impl DmaTable {
-    fn read_lock(&self) -> RwLockReadGuard<'_, BTreeMap<u64, DmaMap>> {
+    fn read_lock(&self) -> RwLockReadGuard<'_, Maps> {
         sync::read(&self.maps)
     }
 
-    fn write_lock(&self) -> RwLockWriteGuard<'_, BTreeMap<u64, DmaMap>> {
+    fn write_lock(&self) -> RwLockWriteGuard<'_, Maps> {
         sync::write(&self.maps)
     }
 
+    /// A table of one readable and writable mapping: `size` bytes of `fd` from its start
+    /// at bus address `iova`, mapped as a client's DMA_MAP is. For benchmarks and tests
+    /// that measure this host memory without a vfio-user client (ring-bench).
+    pub fn with_mapping(iova: u64, fd: OwnedFd, size: u64) -> std::io::Result<DmaTable> {
+        let mem =
+            map_client_memory(fd, 0, size, true).map_err(std::io::Error::from_raw_os_error)?;
+        let table = DmaTable::default();
+        let map = DmaMap {
+            size,
+            mem: Some(mem),
+            readable: true,
+            writable: true,
+        };
+        table
+            .insert(iova, map, 1)
+            .map_err(|e| std::io::Error::other(format!("DMA map refused: {e:?}")))?;
+        Ok(table)
+    }
+
     /// Adds a mapping of `[iova, iova+map.size)`.
-    pub fn insert(&self, iova: u64, map: DmaMap, max_maps: usize) -> Result<(), DmaError> {
+    pub(crate) fn insert(&self, iova: u64, map: DmaMap, max_maps: usize) -> Result<(), DmaError> {
         let end = iova.checked_add(map.size).ok_or(DmaError::Invalid)?;
         if map.size == 0 {
             return Err(DmaError::Invalid);
@@ -146,13 +217,13 @@ impl DmaTable {
         }
         // The mapping starting at or below iova must end at or below it; the next one must
         // start at or after end.
-        if let Some((b, m)) = maps.range(..=iova).next_back() {
+        if let Some((b, m)) = maps.at_or_below(iova) {
             if b + m.size > iova {
                 return Err(DmaError::Exists);
             }
         }
-        if let Some((b, _)) = maps.range(iova..).next() {
-            if *b < end {
+        if let Some((b, _)) = maps.at_or_above(iova) {
+            if b < end {
                 return Err(DmaError::Exists);
             }
         }
@@ -163,37 +234,35 @@ impl DmaTable {
     /// Removes every mapping inside `[iova, iova+size)` (a mapping only partly inside fails the
     /// whole request, as the kernel's type1 IOMMU does). Returns the number removed. Waits for
     /// accesses in flight; the removed memory is unmapped before returning.
-    pub fn remove_range(&self, iova: u64, size: u64) -> Result<usize, DmaError> {
+    pub(crate) fn remove_range(&self, iova: u64, size: u64) -> Result<usize, DmaError> {
         let end = iova.checked_add(size).ok_or(DmaError::Invalid)?;
         if size == 0 {
             return Err(DmaError::Invalid);
         }
         let removed: Vec<DmaMap> = {
             let mut maps = self.write_lock();
-            if let Some((b, m)) = maps.range(..iova).next_back() {
+            if let Some((b, m)) = maps.below(iova) {
                 if b + m.size > iova {
                     return Err(DmaError::Partial);
                 }
             }
-            let keys: Vec<u64> = maps.range(iova..end).map(|(b, _)| *b).collect();
-            for k in &keys {
-                if k + maps[k].size > end {
-                    return Err(DmaError::Partial);
-                }
+            let inside = maps.starting_in(iova, end);
+            if maps.0[inside.clone()].iter().any(|(b, m)| b + m.size > end) {
+                return Err(DmaError::Partial);
             }
-            keys.iter().filter_map(|k| maps.remove(k)).collect()
+            maps.0.drain(inside).map(|(_, m)| m).collect()
         };
         Ok(removed.len())
     }
 
     /// Removes all mappings. Returns how many there were.
-    pub fn clear(&self) -> usize {
+    pub(crate) fn clear(&self) -> usize {
         let removed = std::mem::take(&mut *self.write_lock());
         removed.len()
     }
 
     /// Bytes covered by mappings that are backed by our own mapping of a descriptor.
-    pub fn mapped_bytes(&self) -> u64 {
+    pub(crate) fn mapped_bytes(&self) -> u64 {
         let maps = self.read_lock();
         maps.values()
             .filter(|m| m.mem.is_some())
@@ -202,7 +271,7 @@ impl DmaTable {
     }
 
     /// Number of mappings.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read_lock().len()
     }
 
@@ -210,7 +279,7 @@ impl DmaTable {
     /// writable mapping the client shared with a descriptor: a duplicate of that descriptor,
     /// mapped at the right offset, to hand on (e.g. as another client's BAR memory). It stays
     /// valid after the client unmaps the range.
-    pub fn share(&self, addr: u64, len: u64) -> Result<SharedMemory, HostMemError> {
+    pub(crate) fn share(&self, addr: u64, len: u64) -> Result<SharedMemory, HostMemError> {
         let oor = HostMemError::OutOfRange { addr, len };
         let maps = self.read_lock();
         let (mem, off) = Self::single(&maps, addr, len, true).ok_or(oor)?;
@@ -234,7 +303,7 @@ impl DmaTable {
     /// Splits `[addr, addr+len)` into per-mapping segments, failing if any byte is not
     /// accessible for the kind of access.
     fn segments<'a>(
-        maps: &'a BTreeMap<u64, DmaMap>,
+        maps: &'a Maps,
         addr: u64,
         len: usize,
         write: bool,
@@ -247,7 +316,7 @@ impl DmaTable {
         let mut segs = Vec::with_capacity(1);
         let mut cur = addr;
         while cur < end {
-            let (base, m) = maps.range(..=cur).next_back().ok_or(oor)?;
+            let (base, m) = maps.at_or_below(cur).ok_or(oor)?;
             let m_end = base + m.size;
             if cur >= m_end {
                 return Err(oor);
@@ -270,13 +339,8 @@ impl DmaTable {
     }
 
     /// The mapping and offset holding `[addr, addr+len)` entirely, if one does.
-    fn single(
-        maps: &BTreeMap<u64, DmaMap>,
-        addr: u64,
-        len: u64,
-        write: bool,
-    ) -> Option<(&SharedMemory, u64)> {
-        let (base, m) = maps.range(..=addr).next_back()?;
+    fn single(maps: &Maps, addr: u64, len: u64, write: bool) -> Option<(&SharedMemory, u64)> {
+        let (base, m) = maps.at_or_below(addr)?;
         let off = addr - base;
         let allowed = if write { m.writable } else { m.readable };
         if off.checked_add(len)? <= m.size && allowed {
@@ -298,6 +362,10 @@ fn at(addr: u64) -> impl Fn(HostMemError) -> HostMemError {
 impl HostMemory for DmaTable {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), HostMemError> {
         let maps = self.read_lock();
+        // Almost every access lies in one mapping: no segment list (a heap allocation).
+        if let Some((mem, off)) = Self::single(&maps, addr, buf.len() as u64, false) {
+            return mem.read(off, buf).map_err(at(addr));
+        }
         for s in Self::segments(&maps, addr, buf.len(), false)? {
             s.mem
                 .read(s.off, &mut buf[s.pos..s.pos + s.len])
@@ -308,6 +376,9 @@ impl HostMemory for DmaTable {
 
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), HostMemError> {
         let maps = self.read_lock();
+        if let Some((mem, off)) = Self::single(&maps, addr, data.len() as u64, true) {
+            return mem.write(off, data).map_err(at(addr));
+        }
         for s in Self::segments(&maps, addr, data.len(), true)? {
             s.mem
                 .write(s.off, &data[s.pos..s.pos + s.len])
@@ -351,6 +422,9 @@ impl HostMemory for DmaTable {
     fn check_range(&self, addr: u64, len: u64) -> Result<(), HostMemError> {
         let len_usize = usize::try_from(len).map_err(|_| HostMemError::OutOfRange { addr, len })?;
         let maps = self.read_lock();
+        if Self::single(&maps, addr, len, false).is_some() {
+            return Ok(());
+        }
         Self::segments(&maps, addr, len_usize, false).map(|_| ())
     }
 
@@ -484,5 +558,40 @@ mod tests {
         assert_eq!(t.remove_range(0x0, 0x10000), Ok(2));
         assert_eq!(t.len(), 0);
         t.write_u16(0x1000, 1).unwrap_err();
+    }
+
+    #[test]
+    fn maps_added_in_any_order_resolve_every_address_and_unmap_from_the_middle() {
+        let t = DmaTable::default();
+        // Eight one-page maps with one-page holes, added out of order; each holds its index.
+        for i in [5u64, 0, 7, 2, 6, 1, 4, 3] {
+            t.insert(0x10000 + i * 0x2000, mapped(0x1000, true), 10)
+                .unwrap();
+            t.write_u16(0x10000 + i * 0x2000 + 0x800, i as u16).unwrap();
+        }
+        assert_eq!(t.len(), 8);
+        for i in 0..8u64 {
+            let base = 0x10000 + i * 0x2000;
+            assert_eq!(t.read_u16(base + 0x800).unwrap(), i as u16);
+            assert!(t.check_range(base, 0x1000).is_ok());
+            // The holes and the edges of each map.
+            assert!(t.check_range(base + 0x1000, 1).is_err());
+            assert!(t.check_range(base + 0xfff, 2).is_err());
+            assert!(t.check_range(base - 1, 1).is_err());
+        }
+        assert!(t.insert(0x13800, mapped(0x1000, true), 10).is_err());
+        // Remove maps 3 and 4 (and the hole between them): the others stay where they were.
+        assert_eq!(t.remove_range(0x16000, 0x4000), Ok(2));
+        for i in 0..8u64 {
+            let r = t.read_u16(0x10000 + i * 0x2000 + 0x800);
+            if i == 3 || i == 4 {
+                assert!(r.is_err());
+            } else {
+                assert_eq!(r.unwrap(), i as u16);
+            }
+        }
+        // The freed range can be mapped again.
+        t.insert(0x17000, mapped(0x1000, true), 10).unwrap();
+        assert_eq!(t.len(), 7);
     }
 }

@@ -46,5 +46,6 @@ mod socket;
 mod stats;
 
 pub use controller::{VfioUserController, MAX_MSIX_VECTORS};
+pub use dma::DmaTable;
 pub use error::VfioUserError;
 pub use stats::Stats;
