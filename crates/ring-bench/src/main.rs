@@ -238,7 +238,6 @@ fn main() {
         .map(|_| bus.alloc(u64::from(args.bytes.max(1)), 64).expect("buffer"))
         .collect();
     let ring_end = bufs[0];
-    let counting = Arc::new(Counting::new(c.host_memory(), (cfg.desc_addr, ring_end)));
     // Counting costs the device two atomic adds per access (about 20 ns per request at batch
     // 32), so the timed two-thread runs reach memory directly and only the deterministic
     // single-thread mode counts.
@@ -251,6 +250,8 @@ fn main() {
             std::process::exit(2)
         }
     };
+    // Counts the accesses to whichever memory was chosen.
+    let counting = Arc::new(Counting::new(direct.clone(), (cfg.desc_addr, ring_end)));
     let mem: Arc<dyn HostMemory> = if !count { direct } else { counting.clone() };
     let mut q = if args.packed {
         Queue::new_packed(cfg, mem.clone(), false)
